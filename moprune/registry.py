@@ -20,6 +20,7 @@ class Registry(Generic[T]):
 
     Args:
         kind: What the registry holds, used in error messages ("model", "criterion").
+
     """
 
     def __init__(self, kind: str) -> None:

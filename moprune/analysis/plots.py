@@ -1,0 +1,201 @@
+"""Figures (Pareto front, hypervolume, kept channels) and a plain-text table formatter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from moprune.analysis.front import front_records
+
+_FRONT_COLOR = "tab:blue"
+_PICK_COLORS = ("tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
+
+
+def _save(fig: Figure, out_stem: Path) -> list[Path]:
+    """Write ``out_stem.png`` (dpi 150) and ``out_stem.svg``; return both paths."""
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.parent / f"{out_stem.name}.png", out_stem.parent / f"{out_stem.name}.svg"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
+
+
+def _reduction(record: dict) -> float:
+    return 100.0 * (1.0 - float(record["macs_ratio"]))
+
+
+def plot_front(
+    records: list[dict],
+    baseline: dict,
+    out_stem: Path,
+    picks: dict[str, dict] | None = None,
+    title: str | None = None,
+) -> list[Path]:
+    """Plot validation accuracy against MACs reduction for all candidates and the front.
+
+    Args:
+        records: All evaluated candidate records.
+        baseline: The unpruned model (``val_accuracy``), drawn as a star at 0 % reduction.
+        out_stem: Output path without suffix; ``.png`` and ``.svg`` are written.
+        picks: Chosen records by label (e.g. ``{"knee": rec, "macs<=0.5": rec}``), annotated.
+        title: Figure title.
+
+    Returns:
+        The PNG and SVG paths.
+
+    """
+    fig = Figure(figsize=(7.0, 4.8))
+    ax = fig.add_subplot()
+    if records:
+        ax.scatter(
+            [_reduction(r) for r in records],
+            [100 * r["val_accuracy"] for r in records],
+            s=10, color="0.75", label="candidates", zorder=1,
+        )
+    front = front_records(records) if records else []
+    if front:
+        ax.plot(
+            [_reduction(r) for r in front],
+            [100 * r["val_accuracy"] for r in front],
+            "-o", color=_FRONT_COLOR, ms=4, lw=1.5, label="front (val)", zorder=3,
+        )
+        tested = [r for r in front if r.get("test_accuracy") is not None]
+        if tested:
+            ax.scatter(
+                [_reduction(r) for r in tested],
+                [100 * r["test_accuracy"] for r in tested],
+                s=30, facecolors="none", edgecolors=_FRONT_COLOR, label="front (test)", zorder=3,
+            )
+    base_acc = 100 * float(baseline["val_accuracy"])
+    ax.axhline(base_acc, ls="--", lw=1, color="k", alpha=0.6, zorder=2)
+    ax.scatter([0.0], [base_acc], marker="*", s=160, color="k", label="baseline", zorder=4)
+    for k, (name, rec) in enumerate((picks or {}).items()):
+        x, y = _reduction(rec), 100 * rec["val_accuracy"]
+        color = _PICK_COLORS[k % len(_PICK_COLORS)]
+        ax.scatter([x], [y], s=70, color=color, edgecolors="k", zorder=5)
+        ax.annotate(
+            f"{name}\n{x:.1f}%, {y:.2f}%", (x, y), xytext=(12, -28 - 14 * (k % 3)),
+            textcoords="offset points", fontsize=8, color=color,
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": color, "alpha": 0.85},
+            arrowprops={"arrowstyle": "->", "color": color, "lw": 0.8},
+        )
+    ax.set_xlabel("MACs reduction (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, out_stem)
+
+
+def plot_hypervolume(history: list[tuple[int, float]], out_stem: Path) -> list[Path]:
+    """Plot the hypervolume of the cumulative archive per generation.
+
+    Args:
+        history: ``[(generation, hypervolume), ...]`` from
+            :func:`moprune.analysis.front.hypervolume_history`.
+        out_stem: Output path without suffix; ``.png`` and ``.svg`` are written.
+
+    Returns:
+        The PNG and SVG paths.
+
+    """
+    fig = Figure(figsize=(6.0, 3.6))
+    ax = fig.add_subplot()
+    if history:
+        gens, hvs = zip(*history, strict=True)
+        ax.plot(gens, hvs, "-o", ms=3, color=_FRONT_COLOR)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("hypervolume")
+    ax.grid(True, alpha=0.3)
+    return _save(fig, out_stem)
+
+
+def plot_kept_channels(
+    group_names: Sequence[str],
+    kept: Sequence[int],
+    total: Sequence[int],
+    out_stem: Path,
+    title: str | None = None,
+) -> list[Path]:
+    """Horizontal bars per channel group: total channels (light) and kept channels (dark).
+
+    The figure grows with the number of groups so that 60+ groups (ResNet-110) stay readable.
+
+    Raises:
+        ValueError: The three sequences differ in length, or some ``kept`` exceeds ``total``.
+
+    """
+    n = len(group_names)
+    if len(kept) != n or len(total) != n:
+        raise ValueError(
+            f"plot_kept_channels: expected one kept and one total count per group, got "
+            f"{n} names, {len(kept)} kept, {len(total)} total"
+        )
+    bad = [g for g, k, t in zip(group_names, kept, total, strict=True) if not 0 <= k <= t]
+    if bad:
+        raise ValueError(f"plot_kept_channels: kept must be in [0, total]; offending groups {bad}")
+    fig = Figure(figsize=(7.0, max(2.5, 0.6 + 0.2 * n)))
+    ax = fig.add_subplot()
+    ys = list(range(n))
+    ax.barh(ys, list(total), height=0.8, color="#c6dbef", label="total")
+    ax.barh(ys, list(kept), height=0.8, color="#08519c", label="kept")
+    ax.set_yticks(ys)
+    ax.set_yticklabels(list(group_names), fontsize=7 if n > 20 else 9)
+    ax.set_ylim(n - 0.5, -0.5)  # first group at the top
+    ax.set_xlabel("channels")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    kept_sum, total_sum = sum(kept), sum(total)
+    share = f"kept {kept_sum}/{total_sum} channels ({100 * kept_sum / max(total_sum, 1):.1f}%)"
+    ax.set_title(f"{title}\n{share}" if title else share, fontsize=10)
+    return _save(fig, out_stem)
+
+
+def format_table(rows: list[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Format rows as an aligned plain-text table.
+
+    Args:
+        rows: One dict per row.
+        columns: ``(key, header, format_spec)`` per column, e.g. ``("val_accuracy", "val acc",
+            ".2%")``; a missing or ``None`` value prints as ``-``. Text is left-aligned,
+            numbers right-aligned.
+
+    Returns:
+        Header, a dashed rule and one line per row, joined by newlines (no trailing newline).
+
+    """
+    cells: list[list[str]] = []
+    numeric = [False] * len(columns)
+    for row in rows:
+        line = []
+        for j, (key, _header, spec) in enumerate(columns):
+            value = row.get(key)
+            if value is None:
+                line.append("-")
+                continue
+            try:
+                line.append(format(value, spec))
+            except (ValueError, TypeError) as err:
+                raise ValueError(
+                    f"format_table: column {key!r} value {value!r} does not fit format spec "
+                    f"{spec!r} ({err}); fix the spec in the columns list"
+                ) from None
+            numeric[j] = numeric[j] or not isinstance(value, str)
+        cells.append(line)
+    headers = [header for _key, header, _spec in columns]
+    widths = [max([len(headers[j])] + [len(c[j]) for c in cells]) for j in range(len(columns))]
+
+    def fmt(line: Sequence[str]) -> str:
+        parts = [
+            s.rjust(w) if num else s.ljust(w)
+            for s, w, num in zip(line, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [fmt(headers), "  ".join("-" * w for w in widths)]
+    out.extend(fmt(line) for line in cells)
+    return "\n".join(out)

@@ -1,0 +1,103 @@
+"""Weights sliced to a plan and run functionally: the pruned network's cost, without surgery.
+
+For one plan, every parameter and buffer with a pruned dimension is index-selected to the
+kept channels and the shared module tree is run with ``torch.func.functional_call``. No
+model copy, no dependency graph: slicing ResNet-56 takes about a millisecond, and the
+forward pass costs what the physically pruned network costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from moprune.space import BATCHNORM, CONV, DEPTHWISE, LINEAR, OPTION_A, PruningSpace
+from moprune.zoo.cifar_resnet import slice_option_a
+
+
+class SlicedModel:
+    """Run the network as if pruned to a plan by slicing its tensors.
+
+    Args:
+        model: The full network (never modified; depthwise ``groups`` is patched only during
+            a call).
+        space: Its pruning space.
+
+    """
+
+    def __init__(self, model: nn.Module, space: PruningSpace) -> None:
+        self.model = model
+        self.space = space
+        device = next(model.parameters()).device
+        self._layers: list[tuple[str, str, torch.Tensor | None, torch.Tensor | None]] = []
+        for name, info in space.layers.items():
+            if info.kind not in (CONV, DEPTHWISE, LINEAR, BATCHNORM, OPTION_A):
+                continue
+            own_out = space.owner.get((name, "out"))
+            own_in = space.owner.get((name, "in"))
+            pruned_out = own_out is not None and (own_out >= 0).any()
+            pruned_in = own_in is not None and (own_in >= 0).any()
+            if not (pruned_out or pruned_in):
+                continue
+            t_out = torch.as_tensor(own_out, device=device) if own_out is not None else None
+            t_in = torch.as_tensor(own_in, device=device) if own_in is not None else None
+            self._layers.append((name, info.kind, t_in, t_out))
+
+    @staticmethod
+    def _keep(owner: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
+        if owner is None:
+            return None
+        keep = (owner < 0) | mask[owner.clamp(min=0)]
+        return keep.nonzero().squeeze(1)
+
+    def tensors(self, mask: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """Sliced parameters/buffers for one keep-mask, and the depthwise groups to patch."""
+        mask = mask.to(dtype=torch.bool)
+        out: dict[str, torch.Tensor] = {}
+        groups: dict[str, int] = {}
+        for name, kind, own_in, own_out in self._layers:
+            m = self.model.get_submodule(name)
+            k_out, k_in = self._keep(own_out, mask), self._keep(own_in, mask)
+            if kind in (CONV, LINEAR):
+                out[f"{name}.weight"] = m.weight.index_select(0, k_out).index_select(1, k_in)
+                if m.bias is not None:
+                    out[f"{name}.bias"] = m.bias.index_select(0, k_out)
+            elif kind == DEPTHWISE:
+                out[f"{name}.weight"] = m.weight.index_select(0, k_out)
+                if m.bias is not None:
+                    out[f"{name}.bias"] = m.bias.index_select(0, k_out)
+                groups[name] = len(k_out)
+            elif kind == BATCHNORM:
+                for t in ("weight", "bias", "running_mean", "running_var"):
+                    v = getattr(m, t)
+                    if v is not None:
+                        out[f"{name}.{t}"] = v.index_select(0, k_out)
+            elif kind == OPTION_A:
+                in_sel, out_pos = slice_option_a(m.in_sel, m.out_pos, k_in, k_out,
+                                                 m.in_channels, m.out_channels)
+                out[f"{name}.in_sel"], out[f"{name}.out_pos"] = in_sel, out_pos
+                out[f"{name}.out_slots"] = m.out_slots[: len(k_out)]
+        return out, groups
+
+    @contextmanager
+    def _patched_groups(self, groups: dict[str, int]) -> Iterator[None]:
+        saved = {}
+        for name, g in groups.items():
+            m = self.model.get_submodule(name)
+            saved[name] = m.groups
+            m.groups = g
+        try:
+            yield
+        finally:
+            for name, g in saved.items():
+                self.model.get_submodule(name).groups = g
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits of the plan given by ``mask`` (n_channels,) on images ``x`` (B, C, H, W)."""
+        tensors, groups = self.tensors(mask.to(x.device))
+        with self._patched_groups(groups):
+            return functional_call(self.model, tensors, (x,))
