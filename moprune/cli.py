@@ -1,0 +1,173 @@
+"""The ``moprune`` command line: search, plot, pick, export, inspect, finetune, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from moprune.registry import UnknownNameError
+from moprune.space import UnsupportedLayerError
+
+EPILOG = "Run `moprune COMMAND --help` for the options of each command."
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _nonneg(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="dataset folder: an ImageFolder root with train/ and test/ (detected "
+                        "automatically), or torchvision's CIFAR folder. Not needed for the "
+                        "embedded digits data.")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download CIFAR-10/100 into --data-root (needs internet)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="checkpoint of the full network to start from (a state_dict, e.g. "
+                        "written by `moprune finetune`); default: the problem file's weights")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``moprune`` command."""
+    parser = argparse.ArgumentParser(
+        prog="moprune",
+        description="Evolutionary multi-objective filter pruning of CNNs (pymoo + PyTorch).",
+        epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("search", help="search a pruning problem file with NSGA-II",
+                       description="Search the Pareto front of accuracy vs. cost for a problem "
+                                   "file and write a run directory.")
+    p.add_argument("problem", type=Path, help="problem file defining build_task(options)")
+    _add_data_args(p)
+    p.add_argument("--eval-images", type=_positive, default=2000,
+                   help="hold-out images (from the TRAINING split) used to rank candidates "
+                        "(default: 2000)")
+    p.add_argument("--test-images", type=_positive, default=None,
+                   help="test images for reporting the front's accuracy (default: all); the "
+                        "test split is never used for selection")
+    p.add_argument("--pop-size", type=_positive, default=40, help="population size (default: 40)")
+    p.add_argument("--generations", type=_positive, default=20,
+                   help="number of generations (default: 20)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the search and of the hold-out split (default: 0)")
+    p.add_argument("--algorithm", default="nsga2", help="registered algorithm (default: nsga2)")
+    p.add_argument("--mode", default="auto", choices=("auto", "gate", "slice"),
+                   help="evaluation: gate (population batched with channel gates), slice "
+                        "(weights sliced per candidate) or auto (gate on CUDA, slice on CPU)")
+    p.add_argument("--max-macs-ratio", type=_fraction, default=None,
+                   help="constraint: MACs of a candidate / baseline MACs <= R")
+    p.add_argument("--max-accuracy-drop", type=_fraction, default=None,
+                   help="constraint: baseline accuracy - accuracy <= D (fraction, 0.01 = 1 point)")
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (same options required)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite a different run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("plot", help="(re)draw a run's plots",
+                       description="Draw the front and hypervolume plots of a run (PNG + SVG) "
+                                   "into RUN/plots.")
+    p.add_argument("run", type=Path, help="run directory")
+
+    p = sub.add_parser("pick", help="choose a trade-off model from a run's front",
+                       description="Choose a front member: the knee, the most accurate under a "
+                                   "MACs budget, or the smallest within an accuracy drop. "
+                                   "Selection uses hold-out accuracy only.")
+    p.add_argument("run", type=Path, help="run directory")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--knee", action="store_true", help="the knee of the front")
+    rule.add_argument("--max-macs-ratio", type=_fraction, metavar="R",
+                      help="most accurate member with MACs / baseline MACs <= R")
+    rule.add_argument("--max-accuracy-drop", type=_fraction, metavar="D",
+                      help="fewest MACs with hold-out accuracy >= baseline - D (0.01 = 1 point)")
+    rule.add_argument("--list", action="store_true", help="list all front members")
+    p.add_argument("--knee-method", default="distance",
+                   help="knee definition: distance (min normalised L1 distance to the ideal "
+                        "point), tradeoff (pymoo high trade-off points) or line (max distance "
+                        "to the line between the extremes)")
+    p.add_argument("--json", action="store_true", help="print the chosen member as JSON")
+
+    p = sub.add_parser("export", help="export a candidate as a physically pruned network",
+                       description="Prune the full network to candidate ID (Torch-Pruning "
+                                   "surgery), optionally fine-tune it, measure it and save it.")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--id", type=_nonneg, required=True, help="candidate id (see `moprune pick`)")
+    p.add_argument("--out", type=Path, required=True, help="output file (.pt)")
+    p.add_argument("--finetune-epochs", type=_nonneg, default=0,
+                   help="epochs of fine-tuning (SGD, cosine schedule) on the training part "
+                        "(default: 0)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate "
+                   "(default: the problem's recipe)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("inspect", help="list the prunable channel groups of a problem",
+                       description="Print the prunable groups of a problem file's model: name, "
+                                   "channels, kind and share of the network's MACs.")
+    p.add_argument("problem", type=Path, help="problem file")
+    p.add_argument("--weights", type=Path, default=None, help="checkpoint of the full network")
+    p.add_argument("--residual", action="store_true",
+                   help="show the residual-stage policy (also prune residual streams)")
+
+    p = sub.add_parser("finetune", help="fine-tune a problem's full network (adapt a baseline)",
+                       description="Train the problem's unpruned network on the training part "
+                                   "(hold-out excluded) and save its state_dict for --weights.")
+    p.add_argument("problem", type=Path, help="problem file")
+    _add_data_args(p)
+    p.add_argument("--epochs", type=_positive, default=5, help="epochs (default: 5)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of split and shuffles (default: 0)")
+    p.add_argument("--out", type=Path, required=True, help="output state_dict file (.pt)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("demo", help="train, search, pick and export on embedded digits data",
+                       description="The end-to-end demo: offline, CPU, about a minute.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"),
+                   help="run directory (default: runs/demo; a previous demo there is replaced)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``moprune`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from moprune import commands
+
+    handler = getattr(commands, f"cmd_{args.command}")
+    try:
+        return handler(args)
+    except (UnknownNameError, UnsupportedLayerError, ValueError, FileNotFoundError) as exc:
+        print(f"moprune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""Implementations of the ``moprune`` sub-commands (argument parsing lives in ``cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from moprune.analysis import PickRule, format_table, front_records, pick
+from moprune.cost import CostModel
+from moprune.evaluator import resolve_device
+from moprune.export import export_candidate
+from moprune.runs import RunDir, RunDirError, git_hash, versions
+from moprune.search import SearchConfig, run_search, write_plots
+from moprune.space import PruningSpace
+from moprune.task import (
+    DataRequest,
+    SearchSetup,
+    TaskOptions,
+    file_sha256,
+    load_problem_file,
+    make_problem,
+)
+from moprune.training import evaluate_accuracy, finetune
+
+MEMBER_COLUMNS = (
+    ("name", "model", ""), ("id", "id", "d"), ("val_accuracy", "val acc", ".2%"),
+    ("test_accuracy", "test acc", ".2%"), ("macs", "MACs", ",d"),
+    ("macs_reduction", "MACs red.", ".1%"), ("params", "params", ",d"),
+    ("params_reduction", "params red.", ".1%"),
+)
+
+
+def _options(weights: Path | None) -> TaskOptions:
+    return TaskOptions(weights=weights.resolve() if weights else None)
+
+
+def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...]) -> dict:
+    """The config.json of a search; ``identity`` must match for ``--resume``."""
+    problem = args.problem.resolve()
+    identity = {
+        "problem": str(problem), "problem_sha256": file_sha256(problem),
+        "data_root": str(args.data_root.resolve()) if args.data_root else None,
+        "weights": str(args.weights.resolve()) if args.weights else None,
+        "weights_sha256": file_sha256(args.weights) if args.weights else None,
+        "eval_images": args.eval_images, "test_images": args.test_images, "seed": args.seed,
+        "pop_size": args.pop_size, "generations": args.generations,
+        "algorithm": args.algorithm, "objectives": list(task_objectives),
+        "max_macs_ratio": args.max_macs_ratio, "max_accuracy_drop": args.max_accuracy_drop,
+    }
+    return {"identity": identity, "device": args.device, "mode": args.mode,
+            "download": args.download, "versions": versions(), "git": git_hash(),
+            "title": f"{problem.stem} (seed {args.seed})"}
+
+
+def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = False,
+                   progress: bool = True) -> SearchSetup:
+    """Rebuild the problem setup of a run from its config.json."""
+    cfg = run.config()
+    ident = cfg["identity"]
+    problem = Path(ident["problem"])
+    if problem.is_file() and file_sha256(problem) != ident["problem_sha256"]:
+        print(f"warning: {problem} changed since the run was made; results may differ")
+    weights = Path(ident["weights"]) if ident["weights"] else None
+    task = load_problem_file(problem, TaskOptions(weights=weights))
+    data = task.load_data(DataRequest(
+        root=Path(ident["data_root"]) if ident["data_root"] else None, seed=ident["seed"],
+        eval_images=ident["eval_images"], test_images=ident["test_images"],
+        load_train=load_train, download=cfg.get("download", False)))
+    return make_problem(task, data, device=device or cfg["device"], mode=cfg["mode"],
+                        progress=progress, max_macs_ratio=ident["max_macs_ratio"],
+                        max_accuracy_drop=ident["max_accuracy_drop"])
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    resolve_device(args.device)
+    config = SearchConfig(pop_size=args.pop_size, generations=args.generations, seed=args.seed,
+                          algorithm=args.algorithm)
+    task = load_problem_file(args.problem, _options(args.weights))
+    run = RunDir(args.out)
+    resume = run.prepare(run_config(args, task.objectives), resume=args.resume, force=args.force)
+    if args.resume and not resume:
+        print(f"note: {args.out} has no checkpoint yet; starting from generation 0")
+        RunDir(args.out).truncate_candidates(0)
+    data = task.load_data(DataRequest(root=args.data_root, seed=args.seed,
+                                      eval_images=args.eval_images,
+                                      test_images=args.test_images, download=args.download))
+    setup = make_problem(task, data, device=args.device, mode=args.mode,
+                         progress=not args.quiet, max_macs_ratio=args.max_macs_ratio,
+                         max_accuracy_drop=args.max_accuracy_drop)
+    print(f"{task.name}: {setup.space}; {len(data.val)} hold-out images, "
+          f"{len(data.test)} test images; evaluation mode {setup.evaluator.mode} on "
+          f"{setup.evaluator.device}")
+    front = run_search(setup, run, config, resume=resume, progress=not args.quiet)
+    print(summary_table(run))
+    print(f"\n{len(run.candidates())} candidates evaluated, {len(front)} on the front. "
+          f"Run directory: {run.path}  (plots in {run.path / 'plots'})")
+    return 0
+
+
+def _member_row(name: str, record: dict, baseline: dict) -> dict:
+    return {"name": name, "id": record.get("id"), "val_accuracy": record["val_accuracy"],
+            "test_accuracy": record.get("test_accuracy"), "macs": record["macs"],
+            "macs_reduction": 1 - record["macs"] / baseline["macs"], "params": record["params"],
+            "params_reduction": 1 - record["params"] / baseline["params"]}
+
+
+def summary_table(run: RunDir) -> str:
+    """Baseline vs knee vs the two extremes of the front, as a text table."""
+    front, baseline = run.front(), run.baseline()
+    objectives = tuple(run.config()["identity"]["objectives"])
+    knee = pick(front, baseline, PickRule("knee"), objectives)
+    most_accurate = max(front, key=lambda r: (r["val_accuracy"], -r["macs"]))
+    smallest = min(front, key=lambda r: (r["macs"], -r["val_accuracy"]))
+    rows = [_member_row("baseline", {**baseline, "id": None}, baseline),
+            _member_row("knee", knee, baseline),
+            _member_row("most accurate", most_accurate, baseline),
+            _member_row("fewest MACs", smallest, baseline)]
+    return format_table(rows, MEMBER_COLUMNS) + "\n(MACs per image; FLOPs = 2 x MACs)"
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    run = RunDir(args.run)
+    run.config()
+    paths = write_plots(run)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    from moprune.cli import print_json
+
+    run = RunDir(args.run)
+    front, baseline = run.front(), run.baseline()
+    objectives = tuple(run.config()["identity"]["objectives"])
+    if args.list:
+        rows = [_member_row("front", r, baseline) for r in front_records(front, objectives)]
+        if args.json:
+            print_json(front)
+        else:
+            print(format_table(rows, MEMBER_COLUMNS))
+        return 0
+    if args.knee:
+        rule = PickRule("knee", knee_method=args.knee_method)
+    elif args.max_macs_ratio is not None:
+        rule = PickRule("max_macs_ratio", args.max_macs_ratio)
+    else:
+        rule = PickRule("max_accuracy_drop", args.max_accuracy_drop)
+    chosen = pick(front, baseline, rule, objectives)
+    if args.json:
+        out = {k: chosen[k] for k in ("id", "macs", "params", "val_accuracy", "macs_ratio",
+                                      "params_ratio", "generation", "genome")}
+        out["test_accuracy"] = chosen.get("test_accuracy")
+        out["flops"] = 2 * chosen["macs"]
+        out["rule"] = rule.label
+        out["units"] = "MACs and FLOPs per image; accuracies are fractions"
+        print_json(out)
+    else:
+        print(format_table([_member_row("baseline", {**baseline, "id": None}, baseline),
+                            _member_row(rule.label, chosen, baseline)], MEMBER_COLUMNS))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    run = RunDir(args.run)
+    record = run.record(args.id)
+    device = args.device or run.config()["device"]
+    resolve_device(device)
+    setup = setup_from_run(run, device=device, load_train=args.finetune_epochs > 0,
+                           progress=not args.quiet)
+    cfg = setup.task.finetune
+    if args.lr is not None:
+        cfg = dataclasses.replace(cfg, lr=args.lr)
+    metrics = export_candidate(setup, record, args.out, finetune_epochs=args.finetune_epochs,
+                               seed=run.config()["identity"]["seed"], device=device,
+                               progress=not args.quiet, finetune_config=cfg)
+    baseline = metrics["baseline"]
+    print(f"exported candidate {args.id} to {args.out}")
+    print(f"  MACs {metrics['macs']:,} ({1 - metrics['macs_ratio']:.1%} fewer than "
+          f"{baseline['macs']:,}), params {metrics['params']:,} "
+          f"({1 - metrics['params_ratio']:.1%} fewer)")
+    print(f"  hold-out accuracy {metrics['val_accuracy']:.2%} (search: "
+          f"{metrics['search_val_accuracy']:.2%}), test accuracy {metrics['test_accuracy']:.2%}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    task = load_problem_file(args.problem, _options(args.weights))
+    policy = task.policy
+    if args.residual:
+        policy = dataclasses.replace(policy, residual=True)
+    space = PruningSpace.from_model(task.model, task.input_shape, policy)
+    cost = CostModel(space, task.model)
+    shares = cost.share_of_macs()
+    rows = [{"i": g.index, "name": g.name, "channels": g.size,
+             "kind": "residual" if g.residual else "internal", "share": shares[g.index]}
+            for g in space.groups]
+    print(f"{task.name}: {task.description}")
+    print(f"input {task.input_shape}; {space}; MACs {int(cost.base.macs[0]):,} per image "
+          f"(FLOPs = 2 x MACs), params {int(cost.base.params[0]):,}")
+    print(format_table(rows, (("i", "#", "d"), ("name", "group (root layer)", ""),
+                              ("channels", "channels", "d"), ("kind", "kind", ""),
+                              ("share", "share of MACs", ".2%"))))
+    print("share of MACs: the part of the network's MACs that scales with the group's width")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    task = load_problem_file(args.problem, _options(args.weights))
+    data = task.load_data(DataRequest(root=args.data_root, seed=args.seed, load_train=True,
+                                      download=args.download))
+    cfg = dataclasses.replace(task.finetune, epochs=args.epochs)
+    if args.lr is not None:
+        cfg = dataclasses.replace(cfg, lr=args.lr)
+    model = task.model.to(device)
+    before, _ = evaluate_accuracy(model, data.val, data.normalization, device=device)
+    finetune(model, data.train, data.normalization, cfg,
+             generator=torch.Generator().manual_seed(args.seed), device=device, val=data.val,
+             progress=not args.quiet)
+    after, _ = evaluate_accuracy(model, data.val, data.normalization, device=device)
+    test, _ = evaluate_accuracy(model, data.test, data.normalization, device=device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.cpu().state_dict(), "val_accuracy": after,
+                "test_accuracy": test, "seed": args.seed,
+                "finetune_config": dataclasses.asdict(cfg)}, args.out)
+    print(f"hold-out accuracy {before:.2%} -> {after:.2%}; test accuracy {test:.2%}; "
+          f"saved {args.out} (use it with --weights)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from moprune.demo import run_demo
+
+    return run_demo(args.out, seed=args.seed, progress=not args.quiet)
+
+
+__all__ = ["RunDirError", "setup_from_run", "summary_table"]

@@ -1,0 +1,198 @@
+"""Accuracy of pruning plans on a held-out split, without copying or cutting the model.
+
+Two exact modes (both equal the physically pruned model's logits):
+
+- ``"gate"``: channel gates on the shared network, a whole population per forward pass
+  (fixed shapes; the GPU default);
+- ``"slice"``: weights sliced to each plan and run functionally (the pruned network's cost;
+  the CPU default).
+
+Results are cached by plan (the repaired keep-mask), so duplicate genomes cost nothing;
+``stats`` counts evaluations and cache hits.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from moprune.gated import GatedModel
+from moprune.plan import PruningPlan, masks_matrix
+from moprune.sliced import SlicedModel
+from moprune.space import PruningSpace
+from moprune.zoo.data import Normalization, Split
+
+MODES = ("auto", "gate", "slice")
+
+
+class DeviceError(ValueError):
+    """The requested device does not exist here."""
+
+
+class NonFiniteOutputError(ValueError):
+    """The model produced NaN or infinite logits."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device, refusing CUDA where there is none (with a clear message)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {str(device)!r} was requested but CUDA is not available on this machine "
+            f"(torch {torch.__version__}); use --device cpu."
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]'; got {str(device)!r}")
+    return dev
+
+
+@dataclass
+class EvalStats:
+    """Counters of an evaluator."""
+
+    evaluations: int = 0
+    cache_hits: int = 0
+    images: int = 0
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy and loss of a population of plans.
+
+    Attributes:
+        accuracy: Fraction of correct top-1 predictions, (n,).
+        loss: Mean cross-entropy, (n,).
+
+    """
+
+    accuracy: np.ndarray
+    loss: np.ndarray
+
+
+@dataclass
+class Evaluator:
+    """Evaluate plans of a pruning space on a fixed set of images.
+
+    The model is copied once to ``device`` (the caller's model is never changed); images are
+    normalised once and kept on the device.
+
+    Args:
+        model: The full network the space was built from.
+        space: Its pruning space.
+        data: The evaluation images (uint8) and labels, e.g. the hold-out split.
+        normalization: Mean/std the model expects.
+        device: ``"cpu"`` or ``"cuda"``.
+        mode: ``"gate"``, ``"slice"`` or ``"auto"`` (gate on CUDA, slice on CPU).
+        batch_size: Images per forward pass (per candidate in slice mode, in total in gate
+            mode).
+        progress: Show a progress bar over candidates.
+
+    """
+
+    model: nn.Module
+    space: PruningSpace
+    data: Split
+    normalization: Normalization
+    device: str | torch.device = "cpu"
+    mode: str = "auto"
+    batch_size: int = 512
+    progress: bool = False
+    stats: EvalStats = field(default_factory=EvalStats)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown evaluation mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if len(self.data) == 0:
+            raise ValueError("the evaluation split is empty; pass at least one image")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
+        self.device = resolve_device(self.device)
+        if self.mode == "auto":
+            self.mode = "gate" if self.device.type == "cuda" else "slice"
+        self._model = copy.deepcopy(self.model).to(self.device).eval()
+        self._x = self.normalization.apply(self.data.images.to(self.device))
+        self._y = self.data.labels.to(self.device)
+        self._gated = GatedModel(self._model, self.space)
+        self._sliced = SlicedModel(self._model, self.space)
+        self._cache: dict[bytes, tuple[float, float]] = {}
+
+    @property
+    def n_images(self) -> int:
+        return len(self.data)
+
+    def evaluate(self, plans: list[PruningPlan]) -> EvalResult:
+        """Accuracy and loss of each plan."""
+        return self.evaluate_masks(masks_matrix(self.space, plans))
+
+    def baseline(self) -> EvalResult:
+        """Accuracy and loss of the unpruned network."""
+        return self.evaluate([PruningPlan.full(self.space)])
+
+    def evaluate_masks(self, masks: np.ndarray) -> EvalResult:
+        """Accuracy and loss of each row of a ``(n, n_channels)`` keep-mask matrix."""
+        masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+        if masks.shape[1] != self.space.n_channels:
+            raise ValueError(f"masks must have {self.space.n_channels} columns; got {masks.shape}")
+        keys = [np.packbits(m).tobytes() for m in masks]
+        todo: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            if k in self._cache or k in todo:
+                self.stats.cache_hits += 1
+            else:
+                todo[k] = i
+        if todo:
+            rows = list(todo.values())
+            acc, loss = self._run(masks[rows])
+            for j, k in enumerate(todo):
+                self._cache[k] = (float(acc[j]), float(loss[j]))
+            self.stats.evaluations += len(rows)
+            self.stats.images += len(rows) * self.n_images
+        acc = np.array([self._cache[k][0] for k in keys])
+        loss = np.array([self._cache[k][1] for k in keys])
+        return EvalResult(accuracy=acc, loss=loss)
+
+    @torch.inference_mode()
+    def _run(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = torch.as_tensor(masks, device=self.device)
+        n = m.shape[0]
+        correct = torch.zeros(n, dtype=torch.float64, device=self.device)
+        loss = torch.zeros(n, dtype=torch.float64, device=self.device)
+        bar = tqdm(total=n, desc="evaluate", unit="cand", disable=not self.progress, leave=False)
+        if self.mode == "gate":
+            per = max(1, self.batch_size // min(self.batch_size, self.n_images))
+            step = min(self.batch_size, self.n_images)
+            for c0 in range(0, n, per):
+                c1 = min(n, c0 + per)
+                for b0 in range(0, self.n_images, step):
+                    x, y = self._x[b0:b0 + step], self._y[b0:b0 + step]
+                    logits = self._gated.forward(x, m[c0:c1])  # (P, B, classes)
+                    self._accumulate(logits, y, correct[c0:c1], loss[c0:c1])
+                bar.update(c1 - c0)
+        else:
+            for i in range(n):
+                for b0 in range(0, self.n_images, self.batch_size):
+                    x, y = self._x[b0:b0 + self.batch_size], self._y[b0:b0 + self.batch_size]
+                    logits = self._sliced.forward(x, m[i]).unsqueeze(0)
+                    self._accumulate(logits, y, correct[i:i + 1], loss[i:i + 1])
+                bar.update(1)
+        bar.close()
+        return (correct / self.n_images).cpu().numpy(), (loss / self.n_images).cpu().numpy()
+
+    @staticmethod
+    def _accumulate(logits: torch.Tensor, y: torch.Tensor, correct: torch.Tensor,
+                    loss: torch.Tensor) -> None:
+        if not torch.isfinite(logits).all():
+            raise NonFiniteOutputError(
+                "the model produced NaN or infinite logits; check the checkpoint (a diverged "
+                "fine-tune?) and the input normalisation."
+            )
+        p, b, c = logits.shape
+        correct += (logits.argmax(-1) == y).sum(1).double()
+        ce = F.cross_entropy(logits.reshape(p * b, c).float(), y.repeat(p), reduction="none")
+        loss += ce.view(p, b).sum(1).double()

@@ -1,0 +1,94 @@
+"""Export a chosen candidate as a physically pruned, optionally fine-tuned network."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import thop
+import torch
+from torch import nn
+
+from moprune.runs import atomic_write_bytes
+from moprune.surgery import prune_model
+from moprune.task import SearchSetup
+from moprune.training import FinetuneConfig, evaluate_accuracy, finetune
+
+
+def thop_cost(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(MACs, params) of ``model`` for one input, counted by thop (the reference tracer)."""
+    param = next(model.parameters())
+    x = torch.zeros((1, *input_shape), dtype=param.dtype, device=param.device)
+    macs, params = thop.profile(model, (x,), verbose=False)
+    return int(macs), int(params)
+
+
+def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epochs: int = 0,
+                     seed: int = 0, device: str | torch.device = "cpu",
+                     progress: bool = True, finetune_config: FinetuneConfig | None = None) -> dict:
+    """Prune the full model to ``record``'s plan, optionally fine-tune, measure and save.
+
+    The file holds ``{"model", "plan", "normalization", "metrics", "input_shape", "genome",
+    "id"}``; ``torch.load(path, weights_only=False)["model"]`` is a runnable module.
+
+    Args:
+        setup: The run's problem setup (model, space, data).
+        record: The candidate (from ``candidates.jsonl`` / ``front.json``).
+        out: Output file.
+        finetune_epochs: Epochs of fine-tuning on the training part (0 = none).
+        seed: Seed of the fine-tuning shuffles and augmentation.
+        device: Where to measure and fine-tune.
+        progress: Show progress bars.
+        finetune_config: Recipe (default: the task's, with ``finetune_epochs`` epochs).
+
+    Returns:
+        The metrics written into the file.
+
+    """
+    problem, space, data = setup.problem, setup.space, setup.data
+    genome = problem.genome_from_key(record["genome"])  # type: ignore[attr-defined]
+    plan = problem.encoding.decode(genome)
+    model = prune_model(setup.task.model, space, plan).to(device)
+    macs, params = thop_cost(model, space.input_shape)
+    val_acc, val_loss = evaluate_accuracy(model, data.val, data.normalization, device=device)
+    test_acc, _ = evaluate_accuracy(model, data.test, data.normalization, device=device)
+    metrics = {
+        "id": record["id"], "macs": macs, "flops": 2 * macs, "params": params,
+        "macs_ratio": macs / problem.baseline["macs"],
+        "params_ratio": params / problem.baseline["params"],
+        "search_val_accuracy": record["val_accuracy"],
+        "val_accuracy": val_acc, "val_loss": val_loss, "test_accuracy": test_acc,
+        "val_images": len(data.val), "test_images": len(data.test),
+        "baseline": dict(problem.baseline), "finetune_epochs": finetune_epochs,
+        "units": "MACs and FLOPs per image (FLOPs = 2 x MACs)",
+    }
+    if finetune_epochs > 0:
+        if len(data.train) == 0:
+            raise ValueError("fine-tuning needs the training data, but none was loaded")
+        cfg = dataclasses.replace(finetune_config or setup.task.finetune, epochs=finetune_epochs)
+        gen = torch.Generator().manual_seed(seed)
+        result = finetune(model, data.train, data.normalization, cfg, generator=gen,
+                          device=device, val=data.val, progress=progress)
+        val_acc, val_loss = evaluate_accuracy(model, data.val, data.normalization, device=device)
+        test_acc, _ = evaluate_accuracy(model, data.test, data.normalization, device=device)
+        metrics.update({"pre_finetune_val_accuracy": metrics["val_accuracy"],
+                        "pre_finetune_test_accuracy": metrics["test_accuracy"],
+                        "val_accuracy": val_acc, "val_loss": val_loss,
+                        "test_accuracy": test_acc, "finetune_history": result.history,
+                        "finetune_config": dataclasses.asdict(cfg)})
+    norm = data.normalization
+    payload = {
+        "model": model.cpu().eval(),
+        "plan": plan.to_dict(space),
+        "normalization": {"mean": list(norm.mean), "std": list(norm.std)},
+        "metrics": metrics,
+        "input_shape": list(space.input_shape),
+        "genome": record["genome"],
+        "id": record["id"],
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(Path(out), buf.getvalue())
+    return metrics
+

@@ -1,0 +1,248 @@
+"""Run directories: config, every evaluated candidate, checkpoints, the front; resumable.
+
+Layout of a run directory::
+
+    config.json        how the run was made (problem file + sha256, options, seed, versions,
+                       git hash); a resumed run must match it
+    baseline.json      the unpruned network (val/test accuracy, MACs, params)
+    candidates.jsonl   one line per evaluated genome, in evaluation order
+    checkpoint.pkl     the pymoo algorithm after the last finished generation (atomic)
+    progress.json      generations done, hypervolume per generation
+    front.json         final non-dominated members with test accuracy
+    plots/             front.{png,svg}, hypervolume.{png,svg}
+
+Every file is written atomically (temporary file + ``os.replace``), so a run killed at any
+point (``kill -9`` included) leaves the last checkpoint and the candidates up to it intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.json"
+CANDIDATES = "candidates.jsonl"
+CHECKPOINT = "checkpoint.pkl"
+FRONT = "front.json"
+BASELINE = "baseline.json"
+PROGRESS = "progress.json"
+MAGIC = "moprune-checkpoint-v1"
+
+
+class RunDirError(ValueError):
+    """A run directory cannot be used as asked (exists, foreign, corrupted)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (same-folder temporary file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: object) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> object:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{str(path)!r} is missing; is this a moprune run directory?") from None
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{str(path)!r} is not valid JSON ({exc}); the file is corrupted") from exc
+
+
+def git_hash() -> str | None:
+    """Commit of the moprune checkout, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the main packages."""
+    import numpy
+    import pymoo
+    import torch
+    import torch_pruning
+    import torchvision
+
+    import moprune
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "pymoo": pymoo.__version__,
+            "torch_pruning": getattr(torch_pruning, "__version__", "?"),
+            "numpy": numpy.__version__, "moprune": moprune.__version__}
+
+
+@dataclass
+class RunDir:
+    """A run directory on disk."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    # ---- creation and identity -------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.path / CONFIG).exists()
+
+    def prepare(self, config: dict, resume: bool, force: bool) -> bool:
+        """Create the run, or check that it can be resumed. Returns True when resuming.
+
+        Raises:
+            RunDirError: The folder holds a different run (and neither ``resume`` with a
+                matching config nor ``force`` was given), or is not a run at all.
+
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{str(self.path)!r} exists and is not a directory")
+        if self.exists():
+            if force and not resume:
+                self._clear()
+            elif resume:
+                stored = self.config()
+                diff = {k for k in set(stored["identity"]) | set(config["identity"])
+                        if stored["identity"].get(k) != config["identity"].get(k)}
+                if diff:
+                    raise RunDirError(
+                        f"cannot resume {str(self.path)!r}: it was made with different settings "
+                        f"({', '.join(sorted(diff))}); use the same command, or --force to start "
+                        "over (this deletes the old results), or another --out."
+                    )
+                return self.checkpoint_exists()
+            else:
+                raise RunDirError(
+                    f"{str(self.path)!r} already holds a run; pass --resume to continue it, "
+                    "--force to overwrite it, or choose another --out."
+                )
+        elif self.path.exists() and any(self.path.iterdir()) and not force:
+            raise RunDirError(f"{str(self.path)!r} is not empty and holds no moprune run; "
+                              "choose an empty or new folder (or --force)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / CONFIG, config)
+        atomic_write_bytes(self.path / CANDIDATES, b"")
+        return False
+
+    def _clear(self) -> None:
+        for name in (CONFIG, CANDIDATES, CHECKPOINT, FRONT, BASELINE, PROGRESS):
+            (self.path / name).unlink(missing_ok=True)
+
+    def config(self) -> dict:
+        cfg = read_json(self.path / CONFIG)
+        if not isinstance(cfg, dict) or "identity" not in cfg:
+            raise RunDirError(f"{str(self.path / CONFIG)!r} is not a moprune run config")
+        return cfg
+
+    # ---- candidates --------------------------------------------------------------------
+    def candidates(self) -> list[dict]:
+        """All recorded candidates (a torn last line from a kill is ignored)."""
+        path = self.path / CANDIDATES
+        if not path.exists():
+            raise RunDirError(f"{str(path)!r} is missing; is this a moprune run directory?")
+        out = []
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    break  # torn write of the last line
+                raise RunDirError(f"{str(path)!r} line {i + 1} is corrupted") from None
+        return out
+
+    def append_candidates(self, records: list[dict]) -> None:
+        with open(self.path / CANDIDATES, "a") as f:
+            for r in records:
+                f.write(json.dumps(r, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate_candidates(self, n_generations: int) -> list[dict]:
+        """Keep only candidates of generations ``<= n_generations`` (before resuming)."""
+        keep = [r for r in self.candidates() if r["generation"] <= n_generations]
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
+        atomic_write_bytes(self.path / CANDIDATES, data.encode())
+        return keep
+
+    # ---- checkpoint --------------------------------------------------------------------
+    def checkpoint_exists(self) -> bool:
+        return (self.path / CHECKPOINT).exists()
+
+    def save_checkpoint(self, state: dict) -> None:
+        atomic_write_bytes(self.path / CHECKPOINT, pickle.dumps({"magic": MAGIC, **state}))
+
+    def load_checkpoint(self) -> dict:
+        path = self.path / CHECKPOINT
+        try:
+            with open(path, "rb") as f:
+                state = pickle.load(f)
+        except FileNotFoundError:
+            raise RunDirError(f"no checkpoint in {str(self.path)!r}") from None
+        except Exception as exc:  # pickle raises many types on garbage
+            raise RunDirError(f"checkpoint {str(path)!r} is corrupted or not a moprune "
+                              f"checkpoint ({type(exc).__name__}); start over with --force") from exc
+        if not isinstance(state, dict) or state.get("magic") != MAGIC:
+            raise RunDirError(f"{str(path)!r} is not a moprune checkpoint (foreign file); start "
+                              "over with --force or choose another --out")
+        return state
+
+    # ---- results -----------------------------------------------------------------------
+    def write_json(self, name: str, obj: object) -> None:
+        atomic_write_json(self.path / name, obj)
+
+    def read(self, name: str) -> object:
+        return read_json(self.path / name)
+
+    def front(self) -> list[dict]:
+        front = self.read(FRONT)
+        if not isinstance(front, list):
+            raise RunDirError(f"{str(self.path / FRONT)!r} is malformed")
+        return front
+
+    def baseline(self) -> dict:
+        return dict(self.read(BASELINE))
+
+    def record(self, cid: int) -> dict:
+        """The candidate with id ``cid`` (front members carry their test accuracy)."""
+        for r in self.front() if (self.path / FRONT).exists() else []:
+            if r["id"] == cid:
+                return r
+        for r in self.candidates():
+            if r["id"] == cid:
+                return r
+        raise RunDirError(f"no candidate with id {cid} in {str(self.path)!r}; "
+                          f"`moprune pick {self.path}` lists front members and their ids")
+
+
+@contextmanager
+def detached_problem(algorithm) -> Iterator[None]:
+    """Temporarily remove the (unpicklable, large) problem from a pymoo algorithm."""
+    problem = algorithm.problem
+    algorithm.problem = None
+    try:
+        yield
+    finally:
+        algorithm.problem = problem

@@ -1,0 +1,180 @@
+"""The search loop: any pymoo algorithm on a pruning problem, checkpointed per generation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from pymoo.core.algorithm import Algorithm
+from tqdm.auto import tqdm
+
+from moprune.algorithms import ALGORITHMS
+from moprune.analysis import (
+    PickRule,
+    front_records,
+    hypervolume_history,
+    pick,
+    plot_front,
+    plot_hypervolume,
+    plot_kept_channels,
+)
+from moprune.evaluator import Evaluator
+from moprune.runs import BASELINE, FRONT, PROGRESS, RunDir, detached_problem
+from moprune.task import SearchSetup
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Search settings.
+
+    Attributes:
+        pop_size: Population size.
+        generations: Generations (pymoo ``n_gen`` termination).
+        seed: Seed of the algorithm's random generator.
+        algorithm: Registered algorithm name (``moprune.algorithms.ALGORITHMS``).
+
+    """
+
+    pop_size: int = 40
+    generations: int = 20
+    seed: int = 0
+    algorithm: str = "nsga2"
+
+    def __post_init__(self) -> None:
+        if self.pop_size < 2:
+            raise ValueError(f"--pop-size must be >= 2; got {self.pop_size}")
+        if self.generations < 1:
+            raise ValueError(f"--generations must be >= 1; got {self.generations}")
+        ALGORITHMS.get(self.algorithm)  # unknown names fail here, listing the valid ones
+
+
+def _objectives(setup: SearchSetup) -> tuple[str, ...]:
+    return setup.problem.objectives
+
+
+class _Recorder:
+    """Numbers new genomes, tags them with the generation and appends them to the run."""
+
+    def __init__(self, run: RunDir, records: list[dict]) -> None:
+        self.run = run
+        self.records = records
+        self.seen = {r["genome"] for r in records}
+        self.generation = 0
+
+    def __call__(self, batch: list[dict]) -> None:
+        new = []
+        for r in batch:
+            if r["genome"] in self.seen:
+                continue
+            self.seen.add(r["genome"])
+            r = {"id": len(self.records), "generation": self.generation, **r}
+            self.records.append(r)
+            new.append(r)
+        if new:
+            self.run.append_candidates(new)
+
+
+def run_search(setup: SearchSetup, run: RunDir, config: SearchConfig, resume: bool,
+               progress: bool = True) -> list[dict]:
+    """Run (or resume) a search and write its results into ``run``.
+
+    Args:
+        setup: Problem, evaluator and data (see ``moprune.task.make_problem``).
+        run: The prepared run directory.
+        config: Search settings.
+        resume: Continue from the run's checkpoint.
+        progress: Show progress bars.
+
+    Returns:
+        The final front records (with test accuracy).
+
+    """
+    problem = setup.problem
+    if resume:
+        state = run.load_checkpoint()
+        algorithm: Algorithm = state["algorithm"]
+        algorithm.problem = problem
+        done = int(state["generation"])
+        records = run.truncate_candidates(done)
+    else:
+        algorithm = ALGORITHMS.get(config.algorithm)(problem, config.pop_size)
+        algorithm.setup(problem, termination=("n_gen", config.generations), seed=config.seed,
+                        verbose=False)
+        done = 0
+        records = []
+        run.write_json(BASELINE, problem.baseline)
+    recorder = _Recorder(run, records)
+    problem.recorder = recorder
+    bar = tqdm(total=config.generations, initial=done, desc="generations", unit="gen",
+               disable=not progress)
+    try:
+        while algorithm.has_next():
+            recorder.generation = done + 1
+            algorithm.next()
+            done += 1
+            with detached_problem(algorithm):
+                run.save_checkpoint({"algorithm": algorithm, "generation": done})
+            best = max(r["val_accuracy"] for r in records) if records else float("nan")
+            run.write_json(PROGRESS, {"generations_done": done,
+                                      "evaluated": len(records),
+                                      "cache_hits": setup.evaluator.stats.cache_hits})
+            bar.set_postfix(evaluated=len(records), best_acc=f"{best:.3f}")
+            bar.update(1)
+    finally:
+        bar.close()
+        problem.recorder = None
+    return finalize(setup, run, progress=progress)
+
+
+def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dict]:
+    """Front of all evaluated candidates, its test accuracy, and the plots."""
+    problem = setup.problem
+    records = run.candidates()
+    objectives = _objectives(setup)
+    front = front_records(records, objectives)
+    baseline = dict(problem.baseline)
+    test_eval = Evaluator(setup.task.model, setup.space, setup.data.test,
+                          setup.data.normalization, device=setup.evaluator.device,
+                          mode=setup.evaluator.mode, progress=progress)
+    decode = problem.genome_from_key  # type: ignore[attr-defined]
+    masks = problem.decode_masks(np.stack([decode(r["genome"]) for r in front]))
+    test = test_eval.evaluate_masks(np.vstack([np.ones((1, masks.shape[1]), bool), masks]))
+    baseline["test_accuracy"] = float(test.accuracy[0])
+    for r, acc in zip(front, test.accuracy[1:]):
+        r["test_accuracy"] = float(acc)
+    baseline["test_images"] = len(setup.data.test)
+    baseline["val_images"] = len(setup.data.val)
+    run.write_json(BASELINE, baseline)
+    run.write_json(FRONT, front)
+    write_plots(run, setup)
+    return front
+
+
+def write_plots(run: RunDir, setup: SearchSetup | None = None) -> list[Path]:
+    """Front, hypervolume and (for the knee) kept-channels plots of a run."""
+    records = run.candidates()
+    front = run.front()
+    baseline = run.baseline()
+    config = run.config()
+    objectives = tuple(config["identity"]["objectives"])
+    knee = pick(front, baseline, PickRule("knee"), objectives)
+    out = run.path / "plots"
+    paths = plot_front(records, baseline, out / "front", picks={"knee": knee},
+                       title=config.get("title"))
+    history = hypervolume_history(records, objectives, [1.0] * len(objectives), baseline)
+    paths += plot_hypervolume(history, out / "hypervolume")
+    if setup is not None:
+        problem = setup.problem
+        plan = problem.encoding.decode(problem.genome_from_key(knee["genome"]))  # type: ignore
+        paths += plot_kept_channels([g.name for g in setup.space.groups], plan.n_kept().tolist(),
+                                    setup.space.sizes.tolist(), out / "kept_channels_knee",
+                                    title=f"kept channels of the knee (id {knee['id']})")
+    return paths
+
+
+def search_config_dict(config: SearchConfig) -> dict:
+    return asdict(config)
+
+
+__all__ = ["FRONT", "SearchConfig", "finalize", "run_search", "write_plots"]

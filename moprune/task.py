@@ -1,0 +1,210 @@
+"""Pruning tasks: what a problem file defines, and how it becomes a pymoo problem.
+
+A problem file is a Python file with a function ``build_task(options: TaskOptions) ->
+PruningTask``. The task names the model, how to load its data, the pruning policy, the
+encoding and the objectives; :func:`make_problem` turns it into a space, an evaluator and a
+pymoo problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from moprune.encoding import GenomeError
+from moprune.evaluator import Evaluator
+from moprune.problems import FilterMaskProblem, LayerRatioProblem, PruningProblem
+from moprune.space import PruningSpace, SpacePolicy
+from moprune.training import FinetuneConfig
+from moprune.zoo.data import DataBundle, check_num_classes
+
+ENTRY_POINT = "build_task"
+ENCODINGS = ("mask", "ratio")
+
+
+class ProblemFileError(ValueError):
+    """A problem file is missing, broken or lacks the expected entry point."""
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """What the command line passes to a problem file's ``build_task``.
+
+    Attributes:
+        weights: A checkpoint to start from instead of the file's default weights.
+
+    """
+
+    weights: Path | None = None
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """How much data to load for a run.
+
+    Attributes:
+        root: Data root (``None`` for embedded datasets).
+        seed: Seed of the hold-out split and of the test subset.
+        eval_images: Hold-out images used for selection (None = the whole hold-out split).
+        test_images: Test images for reporting (None = all).
+        load_train: Decode the training part too (needed for fine-tuning).
+        download: Allow torchvision to download CIFAR.
+
+    """
+
+    root: Path | None
+    seed: int
+    eval_images: int | None = None
+    test_images: int | None = None
+    load_train: bool = False
+    download: bool = False
+
+
+@dataclass
+class PruningTask:
+    """A model, its data and what to search.
+
+    Attributes:
+        name: Short name for listings.
+        model: The full network (eval mode).
+        input_shape: One input, (C, H, W).
+        load_data: ``DataRequest -> DataBundle``.
+        policy: Which groups may be pruned.
+        encoding: ``"mask"`` (one bit per channel) or ``"ratio"`` (one ratio per group).
+        objectives: Minimised objectives, names from ``moprune.problems.OBJECTIVES``.
+        criterion: Ranking criterion (ratio encoding; repair order of masks).
+        finetune: Default fine-tuning recipe for exported models.
+        description: One line for ``inspect``.
+
+    """
+
+    name: str
+    model: nn.Module
+    input_shape: tuple[int, int, int]
+    load_data: Callable[[DataRequest], DataBundle]
+    policy: SpacePolicy = field(default_factory=SpacePolicy)
+    encoding: str = "mask"
+    objectives: tuple[str, ...] = ("error", "macs_ratio")
+    criterion: str = "l1"
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}; got {self.encoding!r}")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_problem_file(path: str | Path, options: TaskOptions) -> PruningTask:
+    """Import a problem file and call its ``build_task(options)``.
+
+    Raises:
+        ProblemFileError: The file is missing, fails to import, or has no ``build_task``.
+
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProblemFileError(f"problem file {str(path)!r} does not exist; pass the path of a "
+                               "Python file such as problems/resnet56_cifar10.py")
+    name = f"moprune_problem_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ProblemFileError(f"cannot import {str(path)!r}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ProblemFileError(f"problem file {str(path)!r} failed to import: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    build = getattr(module, ENTRY_POINT, None)
+    if not callable(build):
+        raise ProblemFileError(
+            f"problem file {str(path)!r} has no function {ENTRY_POINT}(options) -> PruningTask; "
+            "define one (see problems/resnet20_cifar10.py for an example)."
+        )
+    task = build(options)
+    if not isinstance(task, PruningTask):
+        raise ProblemFileError(f"{ENTRY_POINT}() in {str(path)!r} returned "
+                               f"{type(task).__name__}, expected moprune.task.PruningTask")
+    return task
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a checkpoint into ``model``: a state_dict, ``{"state_dict": ...}`` (optionally with
+    DataParallel ``module.`` prefixes) or ``{"model_state": ...}``.
+
+    Raises:
+        ValueError: The file is missing or its tensors do not fit the model.
+
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file {str(path)!r} does not exist")
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
+        raise ValueError(f"{str(path)!r} holds an exported (pruned) model, not weights for the "
+                         "full network; use the baseline checkpoint instead.")
+    state = obj
+    if isinstance(obj, dict):
+        state = obj.get("state_dict", obj.get("model_state", obj))
+    if not isinstance(state, dict):
+        raise ValueError(f"{str(path)!r} does not contain a state_dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"weights in {str(path)!r} do not fit the model: {exc}") from exc
+    return model.eval()
+
+
+@dataclass
+class SearchSetup:
+    """Everything a search needs, built from a task."""
+
+    task: PruningTask
+    data: DataBundle
+    space: PruningSpace
+    evaluator: Evaluator
+    problem: PruningProblem
+
+
+def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
+                 mode: str = "auto", progress: bool = False,
+                 max_macs_ratio: float | None = None,
+                 max_accuracy_drop: float | None = None) -> SearchSetup:
+    """Build space, evaluator (on the hold-out split) and pymoo problem for ``task``."""
+    out = task.model(torch.zeros((1, *task.input_shape)))
+    check_num_classes(data, int(out.shape[-1]))
+    if tuple(data.input_shape) != tuple(task.input_shape):
+        raise ValueError(f"the data's images have shape {tuple(data.input_shape)}, the task "
+                         f"expects {tuple(task.input_shape)}; check --data-root")
+    space = PruningSpace.from_model(task.model, task.input_shape, task.policy)
+    evaluator = Evaluator(task.model, space, data.val, data.normalization, device=device,
+                          mode=mode, progress=progress)
+    problem: PruningProblem
+    if task.encoding == "mask":
+        problem = FilterMaskProblem(evaluator, task.objectives, max_macs_ratio,
+                                    max_accuracy_drop, repair_criterion=task.criterion)
+    else:
+        problem = LayerRatioProblem(evaluator, task.criterion, objectives=task.objectives,
+                                    max_macs_ratio=max_macs_ratio,
+                                    max_accuracy_drop=max_accuracy_drop)
+    return SearchSetup(task, data, space, evaluator, problem)
+
+
+__all__ = [
+    "DataRequest", "GenomeError", "PruningTask", "ProblemFileError", "SearchSetup",
+    "TaskOptions", "load_problem_file", "load_weights", "make_problem",
+]

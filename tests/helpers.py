@@ -1,0 +1,147 @@
+"""Shared tiny models and helpers for the pruning-space / cost / evaluator tests."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from moprune.plan import PruningPlan
+from moprune.space import PruningSpace
+from moprune.zoo.cifar_resnet import cifar_resnet
+from moprune.zoo.models import MODELS, build_model
+
+ModelFactory = Callable[[], nn.Module]
+
+# Smallest convenient input per registered model (None in the entry = any size works).
+SMALL_INPUTS: dict[str, tuple[int, int, int]] = {
+    "digits_cnn": (1, 8, 8),
+    "vgg16_bn_cifar": (3, 32, 32),  # five 2x2 max-pools: 32 is the smallest size
+}
+TORCHVISION_MODELS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("tv:resnet18", (3, 32, 32)),
+    ("tv:mobilenet_v2", (3, 32, 32)),
+    ("tv:vgg11_bn", (3, 32, 32)),
+)
+
+
+class FlattenLinearCNN(nn.Module):
+    """Plain CNN whose classifier reads a flattened 2x2 map (in_features = 4 x channels)."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.AdaptiveAvgPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(12 * 2 * 2, 10)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(10, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
+        x = self.flatten(self.pool2(self.relu2(self.bn2(self.conv2(x)))))
+        return self.fc2(self.relu3(self.fc1(x)))
+
+
+class DepthwiseAvgPoolCNN(nn.Module):
+    """Conv -> depthwise conv -> AvgPool2d -> pointwise conv -> global pool -> linear."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=True)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU6()
+        self.avg = nn.AvgPool2d(3, stride=2, padding=1)
+        self.pw = nn.Conv2d(8, 10, 1)
+        self.bn3 = nn.BatchNorm2d(10)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(10, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.avg(self.relu(self.bn2(self.dw(x))))
+        x = self.relu(self.bn3(self.pw(x)))
+        return self.fc(self.flatten(self.gap(x)))
+
+
+def digits_cnn() -> nn.Module:
+    return build_model("digits_cnn", num_classes=10)
+
+
+def tiny_models() -> list[tuple[str, ModelFactory, tuple[int, int, int]]]:
+    """(id, factory, input_shape) for every registered model plus a few extra architectures."""
+    out: list[tuple[str, ModelFactory, tuple[int, int, int]]] = []
+    for name in MODELS.names():
+        entry = MODELS.get(name)
+        shape = SMALL_INPUTS.get(name, entry.input_shape or (3, 32, 32))
+        out.append((name, lambda name=name: build_model(name, num_classes=10), shape))
+    out.append(("cifar_resnet20", lambda: cifar_resnet(20, num_classes=10), (3, 16, 16)))
+    for name, shape in TORCHVISION_MODELS:
+        out.append((name, lambda name=name: build_model(name, num_classes=7), shape))
+    out.append(("flatten_linear_cnn", FlattenLinearCNN, (3, 8, 8)))
+    out.append(("depthwise_avgpool_cnn", DepthwiseAvgPoolCNN, (3, 12, 12)))
+    return out
+
+
+def randomize_bn(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Give every BatchNorm random running statistics and affine parameters (in place)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                if m.running_mean is not None:
+                    m.running_mean.copy_(torch.randn(n, generator=generator) * 0.5)
+                    m.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=generator) * 1.5 + 0.25)
+                    m.bias.copy_(torch.randn(n, generator=generator) * 0.5)
+    return model
+
+
+def random_plan(space: PruningSpace, rng: np.random.Generator, keep_prob: float) -> PruningPlan:
+    """A random plan keeping each channel with ``keep_prob`` (at least one per group)."""
+    keep = []
+    for size in space.sizes:
+        size = int(size)
+        mask = rng.random(size) < keep_prob
+        if not mask.any():
+            mask[rng.integers(size)] = True
+        keep.append(np.flatnonzero(mask).astype(np.int64))
+    return PruningPlan(tuple(keep))
+
+
+def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A deep copy of the model's state dict (to check it is left unchanged)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_state_equal(before: dict[str, torch.Tensor], model: nn.Module) -> None:
+    after = model.state_dict()
+    assert list(before) == list(after)
+    for key, value in before.items():
+        assert value.shape == after[key].shape, key
+        assert torch.equal(value, after[key]), key
+
+
+def make_digits_cnn_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = digits_cnn()
+    randomize_bn(model, torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def tiny_sequential(*layers: nn.Module) -> nn.Module:
+    """A Sequential with numbered names (for the unsupported-layer tests)."""
+    return nn.Sequential(OrderedDict((f"l{i}", m) for i, m in enumerate(layers)))
