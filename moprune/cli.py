@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw the front and hypervolume plots of a run (PNG + SVG) "
                                    "into RUN/plots.")
     p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--id", type=_nonneg, action="append", default=None, dest="ids",
+                   help="also plot the kept channels per group of this candidate (repeatable; "
+                        "default: the knee)")
 
     p = sub.add_parser("pick", help="choose a trade-off model from a run's front",
                        description="Choose a front member: the knee, the most accurate under a "

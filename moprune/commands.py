@@ -124,7 +124,7 @@ def summary_table(run: RunDir) -> str:
 def cmd_plot(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
     run.config()
-    paths = write_plots(run)
+    paths = write_plots(run, args.ids)
     for p in paths:
         print(p)
     return 0

@@ -46,10 +46,10 @@ def build_task(options: TaskOptions) -> PruningTask:
 def train_baseline(out: Path, seed: int, progress: bool) -> float:
     """Train the digits CNN from scratch and save its state_dict; returns hold-out accuracy."""
     data = load_digits(DataRequest(root=None, seed=seed, load_train=True))
-    model = build_model("digits_cnn", num_classes=10)
+    with torch.random.fork_rng():  # seeded initialisation without touching the global RNG
+        torch.manual_seed(seed)
+        model = build_model("digits_cnn", num_classes=10)
     gen = torch.Generator().manual_seed(seed)
-    torch.nn.init.zeros_(model.get_submodule(next(
-        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))).bias)
     finetune(model, data.train, data.normalization, RECIPE, generator=gen, progress=progress)
     acc, _ = evaluate_accuracy(model, data.val, data.normalization)
     torch.save({"state_dict": model.state_dict(), "val_accuracy": acc}, out)

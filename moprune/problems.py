@@ -70,6 +70,8 @@ class PruningProblem(Problem):
             "val_loss": float(base.loss[0]),
             "macs": int(self.cost_model.base.macs[0]),
             "params": int(self.cost_model.base.params[0]),
+            "groups": [{"name": g.name, "size": g.size, "residual": g.residual}
+                       for g in self.space.groups],
         }
         self.recorder: Recorder | None = None
         n_constr = (max_macs_ratio is not None) + (max_accuracy_drop is not None)
@@ -79,6 +81,10 @@ class PruningProblem(Problem):
     def decode_masks(self, X: np.ndarray) -> np.ndarray:
         """Keep-masks ``(n, n_channels)`` of a genome matrix."""
         return masks_matrix(self.space, [self.encoding.decode(x) for x in np.atleast_2d(X)])
+
+    def _kept_per_group(self, masks: np.ndarray) -> np.ndarray:
+        """Kept channels per group, ``(n, n_groups)``."""
+        return np.add.reduceat(masks.astype(np.int64), self.space.offsets[:-1], axis=1)
 
     def genome_key(self, x: np.ndarray) -> str:
         """A compact, exact string form of one genome (for run records)."""
@@ -104,12 +110,13 @@ class PruningProblem(Problem):
         out["accuracy"], out["loss"] = res.accuracy, res.loss
         out["macs"], out["params"] = cost.macs, cost.params
         if self.recorder is not None:
+            kept = self._kept_per_group(masks)
             self.recorder([
                 {"genome": self.genome_key(X[i]), "val_accuracy": float(res.accuracy[i]),
                  "val_loss": float(res.loss[i]), "macs": int(cost.macs[i]),
                  "params": int(cost.params[i]), "macs_ratio": float(macs_ratio[i]),
                  "params_ratio": float(params_ratio[i]),
-                 "kept": int(masks[i].sum())}
+                 "kept": kept[i].tolist()}
                 for i in range(len(X))
             ])
 

@@ -217,6 +217,9 @@ class RunDir:
         return read_json(self.path / name)
 
     def front(self) -> list[dict]:
+        if not (self.path / FRONT).exists() and (self.path / CONFIG).exists():
+            raise RunDirError(f"the run in {str(self.path)!r} has no front yet (it was "
+                              "interrupted); finish it with `moprune search ... --resume`")
         front = self.read(FRONT)
         if not isinstance(front, list):
             raise RunDirError(f"{str(self.path / FRONT)!r} is malformed")

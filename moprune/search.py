@@ -147,12 +147,12 @@ def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dic
     baseline["val_images"] = len(setup.data.val)
     run.write_json(BASELINE, baseline)
     run.write_json(FRONT, front)
-    write_plots(run, setup)
+    write_plots(run)
     return front
 
 
-def write_plots(run: RunDir, setup: SearchSetup | None = None) -> list[Path]:
-    """Front, hypervolume and (for the knee) kept-channels plots of a run."""
+def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
+    """Front and hypervolume plots of a run, and kept channels of the knee (or of ``ids``)."""
     records = run.candidates()
     front = run.front()
     baseline = run.baseline()
@@ -164,12 +164,13 @@ def write_plots(run: RunDir, setup: SearchSetup | None = None) -> list[Path]:
                        title=config.get("title"))
     history = hypervolume_history(records, objectives, [1.0] * len(objectives), baseline)
     paths += plot_hypervolume(history, out / "hypervolume")
-    if setup is not None:
-        problem = setup.problem
-        plan = problem.encoding.decode(problem.genome_from_key(knee["genome"]))  # type: ignore
-        paths += plot_kept_channels([g.name for g in setup.space.groups], plan.n_kept().tolist(),
-                                    setup.space.sizes.tolist(), out / "kept_channels_knee",
-                                    title=f"kept channels of the knee (id {knee['id']})")
+    names = [g["name"] for g in baseline["groups"]]
+    sizes = [g["size"] for g in baseline["groups"]]
+    chosen = [("knee", knee)] if ids is None else [(f"id{i}", run.record(i)) for i in ids]
+    for label, rec in chosen:
+        paths += plot_kept_channels(names, rec["kept"], sizes, out / f"kept_channels_{label}",
+                                    title=f"kept channels of candidate {rec['id']} ({label}), "
+                                          f"{1 - rec['macs_ratio']:.1%} fewer MACs")
     return paths
 
 

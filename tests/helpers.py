@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 
 from moprune.plan import PruningPlan
-from moprune.space import PruningSpace
+from moprune.space import PruningSpace, SpacePolicy
 from moprune.zoo.cifar_resnet import cifar_resnet
 from moprune.zoo.models import MODELS, build_model
 
@@ -80,6 +82,16 @@ def digits_cnn() -> nn.Module:
     return build_model("digits_cnn", num_classes=10)
 
 
+def small_vgg11_bn() -> nn.Module:
+    """torchvision's vgg11_bn with a narrow classifier (its 25088 x 4096 layer is slow to
+    build); the Linear still reads the flattened 7x7 map, i.e. 49 inputs per channel."""
+    model = build_model("tv:vgg11_bn", num_classes=7)
+    model.classifier = nn.Sequential(
+        nn.Linear(512 * 7 * 7, 16), nn.ReLU(True), nn.Dropout(), nn.Linear(16, 7)
+    )
+    return model
+
+
 def tiny_models() -> list[tuple[str, ModelFactory, tuple[int, int, int]]]:
     """(id, factory, input_shape) for every registered model plus a few extra architectures."""
     out: list[tuple[str, ModelFactory, tuple[int, int, int]]] = []
@@ -89,10 +101,45 @@ def tiny_models() -> list[tuple[str, ModelFactory, tuple[int, int, int]]]:
         out.append((name, lambda name=name: build_model(name, num_classes=10), shape))
     out.append(("cifar_resnet20", lambda: cifar_resnet(20, num_classes=10), (3, 16, 16)))
     for name, shape in TORCHVISION_MODELS:
-        out.append((name, lambda name=name: build_model(name, num_classes=7), shape))
+        factory = small_vgg11_bn if name == "tv:vgg11_bn" else (
+            lambda name=name: build_model(name, num_classes=7))
+        out.append((name, factory, shape))
     out.append(("flatten_linear_cnn", FlattenLinearCNN, (3, 8, 8)))
     out.append(("depthwise_avgpool_cnn", DepthwiseAvgPoolCNN, (3, 12, 12)))
     return out
+
+
+def tiny_model_ids() -> list[str]:
+    return [mid for mid, _, _ in tiny_models()]
+
+
+@functools.cache
+def _built(model_id: str) -> tuple[nn.Module, tuple[int, int, int]]:
+    factories = {mid: (factory, shape) for mid, factory, shape in tiny_models()}
+    factory, shape = factories[model_id]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = factory()
+    randomize_bn(model, torch.Generator().manual_seed(1))
+    return model.eval(), shape
+
+
+def built_model(model_id: str) -> tuple[nn.Module, tuple[int, int, int]]:
+    """A fresh copy of the (seeded, BN-randomised, eval-mode) model and its input shape."""
+    model, shape = _built(model_id)
+    return copy.deepcopy(model), shape
+
+
+@functools.cache
+def _space(model_id: str, residual: bool) -> PruningSpace:
+    model, shape = _built(model_id)
+    return PruningSpace.from_model(model, shape, SpacePolicy(residual=residual))
+
+
+def model_and_space(model_id: str, residual: bool):
+    """(fresh model copy, its pruning space, input shape); the space is cached per session."""
+    model, shape = built_model(model_id)
+    return model, _space(model_id, residual), shape
 
 
 def randomize_bn(model: nn.Module, generator: torch.Generator) -> nn.Module:
