@@ -71,8 +71,10 @@ class MaskNSGA2Config:
 
 
 def mask_nsga2(problem: FilterMaskProblem, config: MaskNSGA2Config | None = None) -> NSGA2:
-    """NSGA-II preset for binary filter masks (biased sampling, bit flips, two-point crossover,
-    duplicate elimination, minimum-channel repair).
+    """NSGA-II preset for binary filter masks.
+
+    Biased initial masks, bit-flip mutation, two-point crossover, duplicate elimination and
+    the minimum-channel repair.
     """
     config = config or MaskNSGA2Config()
     if config.pop_size < 2:

@@ -51,7 +51,7 @@ def _filter_norm(model: nn.Module, space: PruningSpace, p: int) -> np.ndarray:
 
 
 def l1_norm(model: nn.Module, space: PruningSpace) -> np.ndarray:
-    """L1 norm of each channel's filters (Li et al., 2017, "Pruning Filters for Efficient ConvNets")."""
+    """L1 norm of each channel's filters (Li et al., ICLR 2017)."""
     return _filter_norm(model, space, 1)
 
 

@@ -67,7 +67,7 @@ def read_json(path: Path) -> object:
     except FileNotFoundError:
         raise RunDirError(f"{str(path)!r} is missing; is this a moprune run directory?") from None
     except json.JSONDecodeError as exc:
-        raise RunDirError(f"{str(path)!r} is not valid JSON ({exc}); the file is corrupted") from exc
+        raise RunDirError(f"{str(path)!r} is not valid JSON ({exc}); it is corrupted") from exc
 
 
 def git_hash() -> str | None:
@@ -203,7 +203,8 @@ class RunDir:
             raise RunDirError(f"no checkpoint in {str(self.path)!r}") from None
         except Exception as exc:  # pickle raises many types on garbage
             raise RunDirError(f"checkpoint {str(path)!r} is corrupted or not a moprune "
-                              f"checkpoint ({type(exc).__name__}); start over with --force") from exc
+                              f"checkpoint ({type(exc).__name__}); start over with --force"
+                              ) from exc
         if not isinstance(state, dict) or state.get("magic") != MAGIC:
             raise RunDirError(f"{str(path)!r} is not a moprune checkpoint (foreign file); start "
                               "over with --force or choose another --out")

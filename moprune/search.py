@@ -127,10 +127,24 @@ def run_search(setup: SearchSetup, run: RunDir, config: SearchConfig, resume: bo
     return finalize(setup, run, progress=progress)
 
 
+def feasible(records: list[dict], baseline: dict, max_macs_ratio: float | None,
+             max_accuracy_drop: float | None) -> list[dict]:
+    """Records meeting the search constraints (all records when none does, with a warning)."""
+    ok = [r for r in records
+          if (max_macs_ratio is None or r["macs_ratio"] <= max_macs_ratio)
+          and (max_accuracy_drop is None
+               or r["val_accuracy"] >= baseline["val_accuracy"] - max_accuracy_drop)]
+    if not ok:
+        print("warning: no candidate meets the constraints; the front below ignores them")
+        return records
+    return ok
+
+
 def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dict]:
     """Front of all evaluated candidates, its test accuracy, and the plots."""
     problem = setup.problem
-    records = run.candidates()
+    records = feasible(run.candidates(), problem.baseline, problem.max_macs_ratio,
+                       problem.max_accuracy_drop)
     objectives = _objectives(setup)
     front = front_records(records, objectives)
     baseline = dict(problem.baseline)

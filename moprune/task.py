@@ -142,8 +142,10 @@ def load_problem_file(path: str | Path, options: TaskOptions) -> PruningTask:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a checkpoint into ``model``: a state_dict, ``{"state_dict": ...}`` (optionally with
-    DataParallel ``module.`` prefixes) or ``{"model_state": ...}``.
+    """Load a checkpoint into ``model``.
+
+    Accepted: a state_dict, ``{"state_dict": ...}`` (optionally with DataParallel ``module.``
+    prefixes) or ``{"model_state": ...}``.
 
     Raises:
         ValueError: The file is missing or its tensors do not fit the model.

@@ -13,7 +13,8 @@ from moprune.zoo.cifar_resnet import OptionAShortcut, slice_option_a
 class OptionAShortcutPruner(tp.pruner.BasePruningFunc):
     """Prunes the index buffers of ``OptionAShortcut``; input and output are independent."""
 
-    def _apply(self, layer: OptionAShortcut, drop_in: Sequence[int], drop_out: Sequence[int]) -> None:
+    def _apply(self, layer: OptionAShortcut, drop_in: Sequence[int],
+               drop_out: Sequence[int]) -> None:
         dev = layer.in_sel.device
         keep_in = torch.tensor(
             sorted(set(range(layer.in_channels)) - set(drop_in)), dtype=torch.long, device=dev
