@@ -275,6 +275,12 @@ def _build(model: nn.Module, input_shape: tuple[int, ...], policy: SpacePolicy) 
                 model, example, forward_fn=forward_fn,
                 customized_pruners=customized_pruners(), verbose=False,
             )
+    except (ArithmeticError, IndexError, KeyError, AssertionError) as exc:
+        raise UnsupportedLayerError(
+            f"Torch-Pruning could not trace the channel dependencies of {type(model).__name__} "
+            f"({type(exc).__name__}: {exc}); reshapes that mix channels (e.g. channel shuffles) "
+            "are not supported."
+        ) from exc
     finally:
         for h in handles:
             h.remove()
@@ -293,7 +299,41 @@ def _build(model: nn.Module, input_shape: tuple[int, ...], policy: SpacePolicy) 
     order = {name: i for i, name in enumerate(layers)}
     all_groups.sort(key=lambda entry: order.get(entry[0].name, len(order)))
     keep = [g for g in all_groups if _allowed(g, policy)]
-    return _finalise(keep, all_groups, owner, layers, output_layer, input_shape, policy)
+    space = _finalise(keep, all_groups, owner, layers, output_layer, input_shape, policy)
+    _verify(model, space, example)
+    return space
+
+
+def _verify(model: nn.Module, space: PruningSpace, example: torch.Tensor) -> None:
+    """Check that gating and slicing agree on a random plan (they share the channel map).
+
+    Reshapes that permute channels (a channel shuffle) are mapped wrongly by the dependency
+    graph; the two evaluators then disagree or the sliced network fails to run.
+    """
+    if space.n_channels == 0:
+        return
+    from moprune.gated import GatedModel
+    from moprune.sliced import SlicedModel
+
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(space.n_channels, generator=gen) < 0.6
+    for g in range(space.n_groups):  # keep at least one channel per group
+        mask[int(space.offsets[g])] = True
+    x = torch.randn(example.shape, generator=gen).to(example)
+    try:
+        with torch.no_grad():
+            gated = GatedModel(model, space).forward(x, mask.unsqueeze(0))[0]
+            sliced = SlicedModel(model, space).forward(x, mask)
+        ok = torch.allclose(gated, sliced, rtol=1e-3, atol=1e-4 * (1 + gated.abs().max()))
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise UnsupportedLayerError(
+            f"{type(model).__name__} couples channels in a way the dependency graph does not map "
+            "exactly (e.g. a channel shuffle or a reshape across the channel dimension); its "
+            "masked and sliced evaluations disagree. Exclude those layers with "
+            "SpacePolicy(exclude=...) or use a model without such reshapes."
+        )
 
 
 def _dims(module: nn.Module, info: LayerInfo) -> tuple[int, int | None]:

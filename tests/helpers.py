@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -140,6 +140,20 @@ def model_and_space(model_id: str, residual: bool):
     """(fresh model copy, its pruning space, input shape); the space is cached per session."""
     model, shape = built_model(model_id)
     return model, _space(model_id, residual), shape
+
+
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread, then restore the setting (use as a fixture body).
+
+    These models are tiny: threads do not pay off, and on a busy 2-core machine the spinning
+    OpenMP workers make the tests several times slower.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def randomize_bn(model: nn.Module, generator: torch.Generator) -> nn.Module:

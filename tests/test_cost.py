@@ -9,13 +9,25 @@ import numpy as np
 import pytest
 import thop
 import torch
-from helpers import FlattenLinearCNN, model_and_space, random_plan, tiny_model_ids, tiny_sequential
+from helpers import (
+    FlattenLinearCNN,
+    model_and_space,
+    one_torch_thread,
+    random_plan,
+    tiny_model_ids,
+    tiny_sequential,
+)
 from torch import nn
 
 from moprune.cost import CostModel
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.space import PruningSpace, SpacePolicy, UnsupportedLayerError
 from moprune.surgery import prune_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    yield from one_torch_thread()
 
 
 def thop_cost(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:

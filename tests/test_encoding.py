@@ -9,7 +9,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from helpers import FlattenLinearCNN
+from helpers import FlattenLinearCNN, one_torch_thread
 from torch import nn
 
 from moprune.criteria import CRITERIA, l1_norm, l2_norm, rank_channels
@@ -17,6 +17,11 @@ from moprune.encoding import GenomeError, MaskEncoding, RatioEncoding
 from moprune.registry import UnknownNameError
 from moprune.space import PruningSpace, SpacePolicy
 from moprune.zoo.cifar_resnet import cifar_resnet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    yield from one_torch_thread()
 
 
 @functools.cache

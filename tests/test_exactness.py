@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from helpers import (
     assert_state_equal,
     model_and_space,
+    one_torch_thread,
     random_plan,
     state_snapshot,
     tiny_model_ids,
@@ -20,6 +21,12 @@ from moprune.gated import GatedModel
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.sliced import SlicedModel
 from moprune.surgery import prune_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    yield from one_torch_thread()
+
 
 ATOL = 1e-4
 KEEP_PROBS = (0.3, 0.6, 0.9)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import model_and_space, random_plan, tiny_model_ids
+from helpers import model_and_space, one_torch_thread, random_plan, tiny_model_ids
 from torch import nn
 
 from moprune.plan import PruningPlan, masks_matrix
@@ -22,6 +22,12 @@ from moprune.space import (
     UnsupportedLayerError,
 )
 from moprune.zoo.cifar_resnet import cifar_resnet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    yield from one_torch_thread()
+
 
 SHAPE = (3, 8, 8)
 
@@ -256,3 +262,52 @@ def test_plan_dict_round_trip() -> None:
     bad = {**data, space.groups[0].name: []}
     with pytest.raises(ValueError, match="no channel"):
         PruningPlan.from_dict(space, bad)
+
+
+# --- architectures the space cannot represent must be refused, not mis-modelled ---------------
+
+
+class _ChannelShuffle(nn.Module):
+    """conv1 -> channel shuffle (view / transpose / reshape, as in ShuffleNet) -> conv2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 1)
+        self.conv2 = nn.Conv2d(8, 8, 1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.fc(self.flatten(self.gap(self.conv2(x))))
+
+
+def test_channel_shuffle_is_refused_or_exact() -> None:
+    from moprune.gated import GatedModel
+
+    torch.manual_seed(0)
+    model = _ChannelShuffle().eval()
+    try:
+        space = PruningSpace.from_model(model, (3, 4, 4))
+    except UnsupportedLayerError:
+        return  # refused: fine
+    mask = np.ones(space.n_channels, dtype=bool)
+    mask[1] = False  # drop conv1's output channel 1
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        gated = GatedModel(model, space).forward(x, torch.as_tensor(mask)[None])[0]
+        model.conv1.weight[1] = 0.0  # the same network with that channel removed
+        model.conv1.bias[1] = 0.0
+        truth = model(x)
+    torch.testing.assert_close(gated, truth, atol=1e-4, rtol=0)
+
+
+def test_torchvision_shufflenet_is_refused_clearly() -> None:
+    from moprune.zoo.models import build_model
+
+    model = build_model("tv:shufflenet_v2_x0_5", num_classes=5).eval()
+    with pytest.raises(UnsupportedLayerError):
+        PruningSpace.from_model(model, (3, 32, 32))
