@@ -80,16 +80,18 @@ def cmd_search(args: argparse.Namespace) -> int:
                           algorithm=args.algorithm)
     task = load_problem_file(args.problem, _options(args.weights))
     run = RunDir(args.out)
-    resume = run.prepare(run_config(args, task.objectives), resume=args.resume, force=args.force)
+    config_dict = run_config(args, task.objectives)
+    resume = run.check(config_dict, resume=args.resume, force=args.force)
     if args.resume and not resume:
         print(f"note: {args.out} has no checkpoint yet; starting from generation 0")
-        RunDir(args.out).truncate_candidates(0)
     data = task.load_data(DataRequest(root=args.data_root, seed=args.seed,
                                       eval_images=args.eval_images,
                                       test_images=args.test_images, download=args.download))
     setup = make_problem(task, data, device=args.device, mode=args.mode,
                          progress=not args.quiet, max_macs_ratio=args.max_macs_ratio,
                          max_accuracy_drop=args.max_accuracy_drop)
+    if not resume:
+        run.create(config_dict)
     print(f"{task.name}: {setup.space}; {len(data.val)} hold-out images, "
           f"{len(data.test)} test images; evaluation mode {setup.evaluator.mode} on "
           f"{setup.evaluator.device}")

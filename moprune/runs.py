@@ -109,20 +109,21 @@ class RunDir:
     def exists(self) -> bool:
         return (self.path / CONFIG).exists()
 
-    def prepare(self, config: dict, resume: bool, force: bool) -> bool:
-        """Create the run, or check that it can be resumed. Returns True when resuming.
+    def check(self, config: dict, resume: bool, force: bool) -> bool:
+        """Check that a search may write here; writes nothing. Returns True to resume.
+
+        Resuming needs a checkpoint and a stored config whose ``identity`` matches.
 
         Raises:
             RunDirError: The folder holds a different run (and neither ``resume`` with a
                 matching config nor ``force`` was given), or is not a run at all.
-
         """
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{str(self.path)!r} exists and is not a directory")
         if self.exists():
             if force and not resume:
-                self._clear()
-            elif resume:
+                return False
+            if resume:
                 stored = self.config()
                 diff = {k for k in set(stored["identity"]) | set(config["identity"])
                         if stored["identity"].get(k) != config["identity"].get(k)}
@@ -132,23 +133,34 @@ class RunDir:
                         f"({', '.join(sorted(diff))}); use the same command, or --force to start "
                         "over (this deletes the old results), or another --out."
                     )
-                return self.checkpoint_exists()
-            else:
-                raise RunDirError(
-                    f"{str(self.path)!r} already holds a run; pass --resume to continue it, "
-                    "--force to overwrite it, or choose another --out."
-                )
-        elif self.path.exists() and any(self.path.iterdir()) and not force:
+                if self.checkpoint_exists():
+                    self.load_checkpoint()  # fail now, not after loading data, if corrupted
+                    return True
+                return False
+            raise RunDirError(
+                f"{str(self.path)!r} already holds a run; pass --resume to continue it, "
+                "--force to overwrite it, or choose another --out."
+            )
+        if self.path.exists() and any(self.path.iterdir()) and not force:
             raise RunDirError(f"{str(self.path)!r} is not empty and holds no moprune run; "
                               "choose an empty or new folder (or --force)")
+        return False
+
+    def create(self, config: dict) -> None:
+        """Start a new run here (removing the files of an old one)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        self._clear()
         atomic_write_json(self.path / CONFIG, config)
         atomic_write_bytes(self.path / CANDIDATES, b"")
-        return False
 
     def _clear(self) -> None:
         for name in (CONFIG, CANDIDATES, CHECKPOINT, FRONT, BASELINE, PROGRESS):
             (self.path / name).unlink(missing_ok=True)
+        plots = self.path / "plots"
+        if plots.is_dir():
+            for p in plots.iterdir():
+                if p.suffix in (".png", ".svg"):
+                    p.unlink()
 
     def config(self) -> dict:
         cfg = read_json(self.path / CONFIG)

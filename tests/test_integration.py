@@ -1,0 +1,77 @@
+"""ResNet-20 with its published weights on the real CIFAR-10 JPEG copy (../shared/data).
+
+The published weights come through the real ``torch.hub`` loading code (hash-checked file
+names) from a ``$TORCH_HOME`` that holds copies of the shared files; the data is the unzipped
+JPEG copy. Skipped when the shared data is absent.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import thop
+import torch
+from torch import nn
+
+from moprune.cli import main
+from moprune.commands import setup_from_run
+from moprune.runs import RunDir
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+RESNET20 = REPO / "problems" / "resnet20_cifar10.py"
+EVAL_IMAGES, TEST_IMAGES = 256, 500
+
+
+def test_resnet20_published_weights_search_pick_export(cifar_root, torch_home, tmp_path,
+                                                      capsys):
+    out = tmp_path / "run"
+    status = main(["search", str(RESNET20), "--data-root", str(cifar_root), "--eval-images",
+                   str(EVAL_IMAGES), "--test-images", str(TEST_IMAGES), "--pop-size", "6",
+                   "--generations", "2", "--device", "cpu", "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert (torch_home / "hub" / "checkpoints" / "resnet20-12fca82f.th").is_file()
+
+    run = RunDir(out)
+    baseline = run.baseline()
+    assert baseline["val_images"] == EVAL_IMAGES and baseline["test_images"] == TEST_IMAGES
+    # published weights (91.8 % on the original test set, ~81 % on the JPEG copy)
+    assert baseline["val_accuracy"] > 0.6, baseline
+    assert baseline["test_accuracy"] > 0.6, baseline
+    assert baseline["macs"] > 40_000_000  # about 41 M MACs per image
+    assert run.config()["identity"]["weights"] is None
+
+    status = main(["pick", str(out), "--knee", "--json"])
+    knee = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert 0.0 <= knee["val_accuracy"] <= 1.0 and 0.0 <= knee["test_accuracy"] <= 1.0
+    if knee["macs"] >= baseline["macs"]:  # the knee may be the unpruned net on a tiny run
+        knee = min(run.front(), key=lambda r: r["macs"])
+    assert knee["macs"] < baseline["macs"]
+
+    model_file = tmp_path / "knee.pt"
+    status = main(["export", str(out), "--id", str(knee["id"]), "--out", str(model_file),
+                   "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    payload = torch.load(model_file, weights_only=False)
+    model = payload["model"]
+    assert isinstance(model, nn.Module)
+    assert payload["metrics"]["macs"] == knee["macs"]
+
+    # re-measure on the run's own hold-out images with the file's normalisation
+    val = setup_from_run(RunDir(out), progress=False).data.val
+    assert len(val) == EVAL_IMAGES
+    mean = torch.tensor(payload["normalization"]["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(payload["normalization"]["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        logits = model.eval()((val.images.float() / 255.0 - mean) / std)
+    accuracy = int((logits.argmax(1) == val.labels).sum()) / len(val)
+    assert accuracy == pytest.approx(knee["val_accuracy"], abs=1e-9)
+
+    macs, _ = thop.profile(copy.deepcopy(model), (torch.zeros(1, 3, 32, 32),), verbose=False)
+    assert int(macs) == knee["macs"] < baseline["macs"]
