@@ -117,6 +117,7 @@ class RunDir:
         Raises:
             RunDirError: The folder holds a different run (and neither ``resume`` with a
                 matching config nor ``force`` was given), or is not a run at all.
+
         """
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{str(self.path)!r} exists and is not a directory")
