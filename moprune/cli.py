@@ -163,8 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(commands, f"cmd_{args.command}")
     try:
         return handler(args)
-    except (UnknownNameError, UnsupportedLayerError, ValueError, FileNotFoundError) as exc:
-        print(f"moprune {args.command}: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # e.g. `moprune pick RUN --list | head`
+        sys.stderr.close()
+        return 0
+    except (UnknownNameError, UnsupportedLayerError, ValueError, OSError) as exc:
+        hint = ""
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            hint = (" (offline? published weights load through torch.hub: copy the .th files "
+                    "into $TORCH_HOME/hub/checkpoints/, or pass --weights)")
+        print(f"moprune {args.command}: error: {exc}{hint}", file=sys.stderr)
         return 2
 
 

@@ -37,7 +37,8 @@ def _options(weights: Path | None) -> TaskOptions:
     return TaskOptions(weights=weights.resolve() if weights else None)
 
 
-def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...]) -> dict:
+def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
+               title: str) -> dict:
     """The config.json of a search; ``identity`` must match for ``--resume``."""
     problem = args.problem.resolve()
     identity = {
@@ -52,7 +53,7 @@ def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...]) -> di
     }
     return {"identity": identity, "device": args.device, "mode": args.mode,
             "download": args.download, "versions": versions(), "git": git_hash(),
-            "title": f"{problem.stem} (seed {args.seed})"}
+            "title": f"{title} (seed {args.seed})"}
 
 
 def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = False,
@@ -80,7 +81,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                           algorithm=args.algorithm)
     task = load_problem_file(args.problem, _options(args.weights))
     run = RunDir(args.out)
-    config_dict = run_config(args, task.objectives)
+    config_dict = run_config(args, task.objectives, task.name)
     resume = run.check(config_dict, resume=args.resume, force=args.force)
     if args.resume and not resume:
         print(f"note: {args.out} has no checkpoint yet; starting from generation 0")

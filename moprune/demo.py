@@ -59,8 +59,8 @@ def train_baseline(out: Path, seed: int, progress: bool) -> float:
 def _prepare(out: Path) -> None:
     run = RunDir(out)
     if run.exists():
-        if not run.config().get("demo", False) and "digits" not in str(
-                run.config()["identity"].get("problem", "")):
+        problem = Path(run.config()["identity"].get("problem", ""))
+        if problem.name not in ("demo.py", "digits_demo.py"):
             raise RunDirError(f"{str(out)!r} holds a run that is not a demo; choose another --out")
         for p in sorted(out.rglob("*"), reverse=True):
             p.unlink() if p.is_file() else p.rmdir()

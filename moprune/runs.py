@@ -251,7 +251,7 @@ class RunDir:
             if r["id"] == cid:
                 return r
         raise RunDirError(f"no candidate with id {cid} in {str(self.path)!r}; "
-                          f"`moprune pick {self.path}` lists front members and their ids")
+                          f"`moprune pick {self.path} --list` lists front members and their ids")
 
 
 @contextmanager

@@ -167,11 +167,15 @@ def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dic
 
 def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     """Front and hypervolume plots of a run, and kept channels of the knee (or of ``ids``)."""
-    records = run.candidates()
     front = run.front()
     baseline = run.baseline()
     config = run.config()
-    objectives = tuple(config["identity"]["objectives"])
+    ident = config["identity"]
+    objectives = tuple(ident["objectives"])
+    test = {r["id"]: r["test_accuracy"] for r in front if "test_accuracy" in r}
+    records = [{**r, "test_accuracy": test[r["id"]]} if r["id"] in test else r
+               for r in feasible(run.candidates(), baseline, ident.get("max_macs_ratio"),
+                                 ident.get("max_accuracy_drop"))]
     knee = pick(front, baseline, PickRule("knee"), objectives)
     out = run.path / "plots"
     paths = plot_front(records, baseline, out / "front", picks={"knee": knee},

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from moprune.task import DataRequest, TaskOptions, load_problem_file, make_problem
@@ -17,7 +18,14 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 def test_torchvision_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """docs/examples/torchvision_problem.py (quoted in docs/guide.md) runs to the end."""
-    runpy.run_path(str(DOCS / "examples" / "torchvision_problem.py"), run_name="__main__")
+    # One intra-op thread: many tiny convolutions, and OpenMP threads waiting on a busy
+    # machine can make them 30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runpy.run_path(str(DOCS / "examples" / "torchvision_problem.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "PruningSpace(8 groups, 1920 channels" in out
     assert "knee: kept" in out and "SMS-EMOA" in out

@@ -46,8 +46,8 @@ model = torchvision.models.resnet18(num_classes=10).eval()
 #    model expects. Random here; a real run uses a hold-out part of the training set.
 gen = torch.Generator().manual_seed(0)
 val = Split(
-    images=torch.randint(0, 256, (64, *INPUT_SHAPE), dtype=torch.uint8, generator=gen),
-    labels=torch.randint(0, 10, (64,), generator=gen),
+    images=torch.randint(0, 256, (32, *INPUT_SHAPE), dtype=torch.uint8, generator=gen),
+    labels=torch.randint(0, 10, (32,), generator=gen),
 )
 norm = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -61,13 +61,13 @@ for g in space.groups:
     print(f"  group {g.index}: {g.name} ({g.size} channels, layers {', '.join(g.layers)})")
 
 # 4. Evaluator (exact masked evaluation; "auto" = slice on CPU, gate on CUDA) and problem.
-evaluator = Evaluator(model, space, val, norm, device="cpu", mode="auto", batch_size=64)
+evaluator = Evaluator(model, space, val, norm, device="cpu", mode="auto", batch_size=32)
 problem = FilterMaskProblem(evaluator, objectives=("error", "macs_ratio"),
                             max_macs_ratio=0.9, repair_criterion="l1")
 print(f"n_var={problem.n_var} bits, baseline: {problem.baseline}")
 
 # 5. Search with the NSGA-II preset for masks, through plain pymoo.
-res = minimize(problem, mask_nsga2(problem, MaskNSGA2Config(pop_size=8)), ("n_gen", 2),
+res = minimize(problem, mask_nsga2(problem, MaskNSGA2Config(pop_size=6)), ("n_gen", 2),
                seed=1, verbose=False)
 print("final non-dominated set, columns (error, macs_ratio):")
 print(res.F)
@@ -91,7 +91,7 @@ print(f"knee: kept {plan.n_kept().sum()} of {space.n_channels} prunable channels
 # 7. Per-group ratios ranked by the L1 criterion, searched with another pymoo algorithm.
 #    SMS-EMOA gets the operators of the ratio preset (moprune.ratio_nsga2).
 ratio_problem = LayerRatioProblem(evaluator, criterion="l1", max_ratio=0.8)
-sms = SMSEMOA(pop_size=6, sampling=FloatRandomSampling(), crossover=SBX(prob=0.9, eta=15),
+sms = SMSEMOA(pop_size=4, sampling=FloatRandomSampling(), crossover=SBX(prob=0.9, eta=15),
               mutation=PM(eta=20), eliminate_duplicates=True)
 res2 = minimize(ratio_problem, sms, ("n_gen", 2), seed=1, verbose=False)
 print(f"SMS-EMOA on {ratio_problem.n_var} ratios: {len(np.atleast_2d(res2.F))} "
