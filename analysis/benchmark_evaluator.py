@@ -25,17 +25,13 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import fcntl
-import json
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -54,10 +50,10 @@ from moprune.space import PruningSpace, SpacePolicy
 from moprune.surgery import prune_model
 from moprune.zoo.cifar_resnet import PUBLISHED_WEIGHTS, cifar_resnet
 from moprune.zoo.data import load_dataset
+from moprune.zoo.local_copies import seed_hub_cache, unpack_zips
 
-SHARED = Path("/work/shared/data")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CACHE_DATA = Path("~/.cache/moprune/cifar10-jpeg").expanduser()
-MARKER = ".moprune-unzip-complete"  # shared with tests/conftest.py
 SPLITS = ("train", "test")
 DEPTH = 56
 TARGET_MACS = 0.5
@@ -67,55 +63,20 @@ COST_POP = 10_000
 # --------------------------------------------------------------------------- setup
 
 
-def _unzipped(cache: Path, stamp: dict[str, int]) -> bool:
-    try:
-        if json.loads((cache / MARKER).read_text()) != stamp:
-            return False
-    except (OSError, json.JSONDecodeError):
-        return False
-    return all(len([d for d in (cache / s).iterdir() if d.is_dir()]) == 10 for s in SPLITS)
-
-
 def prepare_data(root: str | None) -> Path:
-    """An unzipped ImageFolder root: the given one, or the shared zips unzipped once.
-
-    Uses the same cache folder, lock file and completion marker as the test suite's
-    ``cifar_root`` fixture, so concurrent runs never unzip over each other.
-    """
+    """An unzipped ImageFolder root: the given one, or the shared zips unzipped once."""
     if root is not None:
         return Path(root).expanduser()
-    zips = {s: SHARED / "cifar10-jpeg" / f"{s}.zip" for s in SPLITS}
-    missing = [str(z) for z in zips.values() if not z.is_file()]
-    if missing:
-        sys.exit(f"no --data-root given and the shared zips are missing: {missing}")
-    cache = CACHE_DATA
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    stamp = {s: z.stat().st_size for s, z in zips.items()}
-    with open(cache.parent / f".{cache.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not _unzipped(cache, stamp):
-                print(f"unzipping the shared CIFAR-10 JPEG zips into {cache} (once) ...",
-                      flush=True)
-                (cache / MARKER).unlink(missing_ok=True)
-                for split, archive in zips.items():
-                    shutil.rmtree(cache / split, ignore_errors=True)
-                    with zipfile.ZipFile(archive) as zf:
-                        zf.extractall(cache)
-                (cache / MARKER).write_text(json.dumps(stamp))
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return cache
+    zips = [SHARED / "cifar10-jpeg" / f"{s}.zip" for s in SPLITS]
+    print(f"using the shared CIFAR-10 JPEG zips, unzipped once into {CACHE_DATA}", flush=True)
+    return unpack_zips(zips, CACHE_DATA)
 
 
 def ensure_weights() -> None:
     """Put the shared copy of the published weights into the torch hub cache if missing."""
-    name = PUBLISHED_WEIGHTS[DEPTH]
-    dest = Path(torch.hub.get_dir()) / "checkpoints" / name
-    src = SHARED / "weights" / name
-    if not dest.is_file() and src.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+    src = SHARED / "weights" / PUBLISHED_WEIGHTS[DEPTH]
+    if src.is_file():
+        seed_hub_cache([src])
 
 
 def sync(device: torch.device) -> None:

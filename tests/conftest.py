@@ -10,19 +10,16 @@
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-import shutil
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from moprune.zoo.local_copies import seed_hub_cache, unpack_zips
+
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_CLASSES = 10
 CIFAR_SPLITS = ("train", "test")
-UNZIP_MARKER = ".moprune-unzip-complete"
 
 
 @pytest.fixture(scope="session")
@@ -49,24 +46,6 @@ def shared_data() -> Path:
     return path
 
 
-def _n_class_dirs(folder: Path) -> int:
-    if not folder.is_dir():
-        return 0
-    return sum(1 for p in folder.iterdir() if p.is_dir())
-
-
-def _unzipped(cache: Path, stamp: dict) -> bool:
-    marker = cache / UNZIP_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        if json.loads(marker.read_text()) != stamp:
-            return False
-    except (OSError, json.JSONDecodeError):
-        return False
-    return all(_n_class_dirs(cache / s) == CIFAR_CLASSES for s in CIFAR_SPLITS)
-
-
 @pytest.fixture(scope="session")
 def cifar_root(shared_data: Path) -> Path:
     """Folder with the unzipped CIFAR-10 JPEG copy (``train/``, ``test/``), unzipped once."""
@@ -75,26 +54,11 @@ def cifar_root(shared_data: Path) -> Path:
     if missing:
         pytest.skip(f"CIFAR-10 JPEG zips missing: {', '.join(missing)}")
     cache = Path(os.environ.get("MOPRUNE_DATA_CACHE", "~/.cache/moprune/cifar10-jpeg"))
-    cache = cache.expanduser()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    stamp = {s: z.stat().st_size for s, z in zips.items()}
-    # A lock, so that concurrent test sessions do not unzip over each other.
-    with open(cache.parent / f".{cache.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not _unzipped(cache, stamp):
-                (cache / UNZIP_MARKER).unlink(missing_ok=True)
-                for split, archive in zips.items():
-                    shutil.rmtree(cache / split, ignore_errors=True)
-                    with zipfile.ZipFile(archive) as zf:
-                        zf.extractall(cache)
-                (cache / UNZIP_MARKER).write_text(json.dumps(stamp))
-                if not _unzipped(cache, stamp):
-                    pytest.fail(f"unzipping {list(zips.values())} into {cache} did not give "
-                                f"train/ and test/ with {CIFAR_CLASSES} class folders each")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return cache
+    root = unpack_zips(list(zips.values()), cache.expanduser())
+    for split in CIFAR_SPLITS:
+        n = sum(1 for p in (root / split).iterdir() if p.is_dir())
+        assert n == CIFAR_CLASSES, f"{root / split} has {n} class folders, expected 10"
+    return root
 
 
 @pytest.fixture
@@ -104,9 +68,6 @@ def torch_home(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     if not weights:
         pytest.skip(f"no published weights (*.th) in {shared_data / 'weights'}")
     home = tmp_path / "torch_home"
-    checkpoints = home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    for w in weights:
-        shutil.copyfile(w, checkpoints / w.name)
+    seed_hub_cache(weights, home / "hub")
     monkeypatch.setenv("TORCH_HOME", str(home))
     return home
