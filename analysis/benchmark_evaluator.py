@@ -17,7 +17,7 @@ with the cost model). Run from the repository root::
 
 Weights: the published ResNet-56 (Yerlan Idelbayev's pytorch_resnet_cifar10, BSD-2-Clause),
 loaded through ``torch.hub`` with its hash check; an offline copy from
-``/work/shared/data/weights`` is placed in the hub cache when missing.
+``../shared/data/weights`` is placed in the hub cache when missing.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from moprune.gated import GatedModel
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.sliced import SlicedModel
 from moprune.space import PruningSpace
+from moprune.training import NonFiniteError
 from moprune.zoo.data import Normalization, Split
 
 MODES = ("auto", "gate", "slice")
@@ -35,8 +36,8 @@ class DeviceError(ValueError):
     """The requested device does not exist here."""
 
 
-class NonFiniteOutputError(ValueError):
-    """The model produced NaN or infinite logits."""
+# One error type for NaN/inf logits, wherever they are met (evaluation or fine-tuning).
+NonFiniteOutputError = NonFiniteError
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -89,8 +90,10 @@ class Evaluator:
         normalization: Mean/std the model expects.
         device: ``"cpu"`` or ``"cuda"``.
         mode: ``"gate"``, ``"slice"`` or ``"auto"`` (gate on CUDA, slice on CPU).
-        batch_size: Images per forward pass (per candidate in slice mode, in total in gate
-            mode).
+        batch_size: Images per forward pass: per candidate in slice mode; in gate mode the
+            total over the candidates batched together (``n_candidates x n_images``), so a
+            whole population shares one pass when it fits. Default: 512 on the CPU, 8192 on
+            CUDA.
         progress: Show a progress bar over candidates.
 
     """
@@ -101,7 +104,7 @@ class Evaluator:
     normalization: Normalization
     device: str | torch.device = "cpu"
     mode: str = "auto"
-    batch_size: int = 512
+    batch_size: int | None = None
     progress: bool = False
     stats: EvalStats = field(default_factory=EvalStats)
 
@@ -110,9 +113,11 @@ class Evaluator:
             raise ValueError(f"unknown evaluation mode {self.mode!r}; valid: {', '.join(MODES)}")
         if len(self.data) == 0:
             raise ValueError("the evaluation split is empty; pass at least one image")
+        self.device = resolve_device(self.device)
+        if self.batch_size is None:
+            self.batch_size = 8192 if self.device.type == "cuda" else 512
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
-        self.device = resolve_device(self.device)
         if self.mode == "auto":
             self.mode = "gate" if self.device.type == "cuda" else "slice"
         self._model = copy.deepcopy(self.model).to(self.device).eval()
