@@ -102,6 +102,9 @@ class SpacePolicy:
         if self.min_channels < 1:
             raise ValueError(f"min_channels must be >= 1 (a group never drops to zero); got "
                              f"{self.min_channels}")
+        if isinstance(self.exclude, str):
+            raise TypeError(f"exclude must be a tuple of layer names, not the string "
+                            f"{self.exclude!r}; write exclude=({self.exclude!r},)")
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,10 @@ def _build(model: nn.Module, input_shape: tuple[int, ...], policy: SpacePolicy) 
         info.n_out, info.n_in = _dims(module, info)
 
     all_groups, owner = _collect_groups(dg, modules, names, gradfn_to_name, layers, output_layer)
+    unknown = [name for name in policy.exclude if name not in layers]
+    if unknown:
+        raise ValueError(f"SpacePolicy.exclude names layers the model does not run: {unknown}; "
+                         f"valid names include {list(layers)[:8]} (see `moprune inspect`)")
     order = {name: i for i, name in enumerate(layers)}
     all_groups.sort(key=lambda entry: order.get(entry[0].name, len(order)))
     keep = [g for g in all_groups if _allowed(g, policy)]

@@ -169,6 +169,13 @@ def test_exclude_removes_the_groups_of_named_layers() -> None:
     assert [g.size for g in residual.groups if g.residual] == [16, 32]
 
 
+def test_exclude_refuses_unknown_names_and_plain_strings() -> None:
+    with pytest.raises(ValueError, match="layer9.conv1"):
+        resnet_space(20, exclude=("layer9.conv1",))
+    with pytest.raises(TypeError, match="tuple of layer names"):
+        SpacePolicy(exclude="linear")
+
+
 def test_space_build_does_not_change_the_model() -> None:
     model = cifar_resnet(20).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
