@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from moprune.plan import PruningPlan
+from moprune.plan import PruningPlan, masks_matrix
 from moprune.space import PruningSpace
 
 
@@ -57,6 +57,10 @@ class MaskEncoding:
     def decode(self, x: np.ndarray) -> PruningPlan:
         """Plan of a genome (repaired first)."""
         return PruningPlan.from_mask(self.space, self.repair(x))
+
+    def decode_masks(self, X: np.ndarray) -> np.ndarray:
+        """Keep-masks ``(n, n_channels)`` of a genome matrix: the repaired genomes themselves."""
+        return np.array([self.repair(x) for x in np.atleast_2d(X)], dtype=bool)
 
     def encode(self, plan: PruningPlan) -> np.ndarray:
         return plan.mask(self.space)
@@ -110,3 +114,7 @@ class RatioEncoding:
         counts = self.n_keep(r)
         return PruningPlan(tuple(np.sort(self.ranking[g][: counts[g]])
                                  for g in range(self.space.n_groups)))
+
+    def decode_masks(self, R: np.ndarray) -> np.ndarray:
+        """Keep-masks ``(n, n_channels)`` of a genome matrix."""
+        return masks_matrix(self.space, [self.decode(r) for r in np.atleast_2d(R)])

@@ -18,7 +18,6 @@ from moprune.cost import CostModel
 from moprune.criteria import CRITERIA, rank_channels
 from moprune.encoding import MaskEncoding, RatioEncoding
 from moprune.evaluator import Evaluator
-from moprune.plan import masks_matrix
 
 OBJECTIVES = ("error", "macs_ratio", "params_ratio")
 
@@ -80,7 +79,7 @@ class PruningProblem(Problem):
 
     def decode_masks(self, X: np.ndarray) -> np.ndarray:
         """Keep-masks ``(n, n_channels)`` of a genome matrix."""
-        return masks_matrix(self.space, [self.encoding.decode(x) for x in np.atleast_2d(X)])
+        return self.encoding.decode_masks(X)
 
     def _kept_per_group(self, masks: np.ndarray) -> np.ndarray:
         """Kept channels per group, ``(n, n_groups)``."""

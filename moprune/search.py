@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +47,6 @@ class SearchConfig:
         if self.generations < 1:
             raise ValueError(f"--generations must be >= 1; got {self.generations}")
         ALGORITHMS.get(self.algorithm)  # unknown names fail here, listing the valid ones
-
-
-def _objectives(setup: SearchSetup) -> tuple[str, ...]:
-    return setup.problem.objectives
 
 
 class _Recorder:
@@ -145,7 +141,7 @@ def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dic
     problem = setup.problem
     records = feasible(run.candidates(), problem.baseline, problem.max_macs_ratio,
                        problem.max_accuracy_drop)
-    objectives = _objectives(setup)
+    objectives = problem.objectives
     front = front_records(records, objectives)
     baseline = dict(problem.baseline)
     test_eval = Evaluator(setup.task.model, setup.space, setup.data.test,
@@ -190,10 +186,6 @@ def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
                                     title=f"kept channels of candidate {rec['id']} ({label}), "
                                           f"{1 - rec['macs_ratio']:.1%} fewer MACs")
     return paths
-
-
-def search_config_dict(config: SearchConfig) -> dict:
-    return asdict(config)
 
 
 __all__ = ["FRONT", "SearchConfig", "finalize", "run_search", "write_plots"]
