@@ -23,7 +23,8 @@ def load_cifar10(request: DataRequest) -> DataBundle:
     kind = "cifar10" if request.download else detect_dataset(request.root)
     bundle = load_dataset(kind, root=request.root, seed=request.seed,
                           max_val=request.eval_images, max_test=request.test_images,
-                          load_train=request.load_train, download=request.download)
+                          load_train=request.load_train, download=request.download,
+                          max_train=request.train_images)
     if bundle.num_classes != 10:
         raise DataError(f"{str(request.root)!r} has {bundle.num_classes} classes; CIFAR-10 "
                         "problems need 10")

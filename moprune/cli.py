@@ -48,6 +48,30 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
 
 
+def _add_ccep_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("CCEP (--algorithm ccep; defaults are the published settings)")
+    g.add_argument("--rounds", type=_positive, default=20,
+                   help="rounds of coevolution + fine-tuning (default: 20)")
+    g.add_argument("--finetune-epochs", type=_nonneg, default=100,
+                   help="fine-tuning epochs after each round (default: 100; 0 = none)")
+    g.add_argument("--finetune-recipe", choices=("published", "task"), default="published",
+                   help="published: SGD lr 0.1, momentum 0.9, wd 1e-4, batch 128, lr x0.1 at "
+                        "half; task: the problem file's recipe (default: published)")
+    g.add_argument("--keep-prob", type=_fraction, default=0.95,
+                   help="keep probability of the initial masks (default: 0.95)")
+    g.add_argument("--mutation-rate", type=_fraction, default=0.1,
+                   help="per-bit flip probability (default: 0.1)")
+    g.add_argument("--prune-bound", type=_fraction, default=0.9,
+                   help="prunes only while a mask keeps this fraction of the group's channels "
+                        "(default: 0.9; 0.85 for ImageNet-scale)")
+    g.add_argument("--group-objectives", choices=("single", "multi"), default="single",
+                   help="single: accuracy, ties to fewer channels; multi: accuracy and the "
+                        "group's channels with NSGA-II survival (default: single)")
+    g.add_argument("--sequential-groups", action="store_true",
+                   help="evaluate group after group instead of all groups together (same "
+                        "results, slower; for comparison)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``moprune`` command."""
     parser = argparse.ArgumentParser(
@@ -56,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("search", help="search a pruning problem file with NSGA-II",
+    p = sub.add_parser("search", help="search a pruning problem file (NSGA-II or CCEP)",
                        description="Search the Pareto front of accuracy vs. cost for a problem "
                                    "file and write a run directory.")
     p.add_argument("problem", type=Path, help="problem file defining build_task(options)")
@@ -67,25 +91,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=_positive, default=None,
                    help="test images for reporting the front's accuracy (default: all); the "
                         "test split is never used for selection")
-    p.add_argument("--pop-size", type=_positive, default=40, help="population size (default: 40)")
-    p.add_argument("--generations", type=_positive, default=20,
-                   help="number of generations (default: 20)")
+    p.add_argument("--train-images", type=_positive, default=None,
+                   help="fine-tune on a seeded random part of the training part only (default: "
+                        "all of it); for reduced budgets (ccep, and `export` of the run)")
+    p.add_argument("--pop-size", type=_positive, default=None,
+                   help="population size (default: 40 for nsga2; for ccep the population of "
+                        "each group, default 5)")
+    p.add_argument("--generations", type=_positive, default=None,
+                   help="number of generations (default: 20 for nsga2; for ccep the "
+                        "generations per group and round, default 10)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the search and of the hold-out split (default: 0)")
-    p.add_argument("--algorithm", default="nsga2", help="registered algorithm (default: nsga2)")
+    p.add_argument("--algorithm", default="nsga2",
+                   help="nsga2 (NSGA-II over the problem's encoding) or ccep (cooperative "
+                        "coevolution, rounds with fine-tuning; see the CCEP options below)")
     p.add_argument("--mode", default="auto", choices=("auto", "gate", "slice"),
                    help="evaluation: gate (population batched with channel gates), slice "
                         "(weights sliced per candidate) or auto (gate on CUDA, slice on CPU)")
     p.add_argument("--max-macs-ratio", type=_fraction, default=None,
-                   help="constraint: MACs of a candidate / baseline MACs <= R")
+                   help="constraint: MACs of a candidate / baseline MACs <= R (ccep: the "
+                        "target - stop once the network reaches it)")
     p.add_argument("--max-accuracy-drop", type=_fraction, default=None,
-                   help="constraint: baseline accuracy - accuracy <= D (fraction, 0.01 = 1 point)")
+                   help="constraint: baseline accuracy - accuracy <= D (fraction, 0.01 = 1 "
+                        "point; ccep: stop after a round that drops more)")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out (same options required)")
     p.add_argument("--force", action="store_true",
                    help="overwrite a different run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_ccep_args(p)
 
     p = sub.add_parser("plot", help="(re)draw a run's plots",
                        description="Draw the front and hypervolume plots of a run (PNG + SVG) "

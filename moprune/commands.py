@@ -9,6 +9,9 @@ from pathlib import Path
 import torch
 
 from moprune.analysis import PickRule, format_table, front_records, pick
+from moprune.ccep import OBJECTIVES as ccep_objectives
+from moprune.ccep import CCEPConfig, load_network, rounds_table_rows, run_ccep
+from moprune.coevolution import CoevolutionConfig
 from moprune.cost import CostModel
 from moprune.evaluator import resolve_device
 from moprune.export import export_candidate
@@ -37,20 +40,48 @@ def _options(weights: Path | None) -> TaskOptions:
     return TaskOptions(weights=weights.resolve() if weights else None)
 
 
+DEFAULT_SIZES = {"nsga2": (40, 20), "ccep": (5, 10)}  # (pop size, generations)
+
+
+def ccep_config(args: argparse.Namespace) -> CCEPConfig:
+    """The CCEP settings of ``moprune search --algorithm ccep``."""
+    coevolution = CoevolutionConfig(
+        pop_size=args.pop_size, generations=args.generations, keep_prob=args.keep_prob,
+        mutation_rate=args.mutation_rate, prune_bound=args.prune_bound,
+        objectives=args.group_objectives, batch_groups=not args.sequential_groups)
+    return CCEPConfig(rounds=args.rounds, coevolution=coevolution,
+                      finetune_epochs=args.finetune_epochs, recipe=args.finetune_recipe,
+                      target_macs_ratio=args.max_macs_ratio,
+                      max_accuracy_drop=args.max_accuracy_drop, seed=args.seed)
+
+
+def _resolve_sizes(args: argparse.Namespace) -> None:
+    pop, gens = DEFAULT_SIZES.get(args.algorithm, DEFAULT_SIZES["nsga2"])
+    args.pop_size = pop if args.pop_size is None else args.pop_size
+    args.generations = gens if args.generations is None else args.generations
+
+
 def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
                title: str) -> dict:
     """The config.json of a search; ``identity`` must match for ``--resume``."""
     problem = args.problem.resolve()
+    ccep = args.algorithm == "ccep"
     identity = {
         "problem": str(problem), "problem_sha256": file_sha256(problem),
         "data_root": str(args.data_root.resolve()) if args.data_root else None,
         "weights": str(args.weights.resolve()) if args.weights else None,
         "weights_sha256": file_sha256(args.weights) if args.weights else None,
         "eval_images": args.eval_images, "test_images": args.test_images, "seed": args.seed,
+        "train_images": args.train_images,
         "pop_size": args.pop_size, "generations": args.generations,
-        "algorithm": args.algorithm, "objectives": list(task_objectives),
-        "max_macs_ratio": args.max_macs_ratio, "max_accuracy_drop": args.max_accuracy_drop,
+        "algorithm": args.algorithm,
+        "objectives": list(ccep_objectives if ccep else task_objectives),
+        # for CCEP the MACs ratio is a stopping target, not a constraint on the records
+        "max_macs_ratio": None if ccep else args.max_macs_ratio,
+        "max_accuracy_drop": args.max_accuracy_drop,
     }
+    if ccep:
+        identity["ccep"] = ccep_config(args).to_dict()
     return {"identity": identity, "device": args.device, "mode": args.mode,
             "download": args.download, "versions": versions(), "git": git_hash(),
             "title": f"{title} (seed {args.seed})"}
@@ -61,6 +92,7 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
     """Rebuild the problem setup of a run from its config.json."""
     cfg = run.config()
     ident = cfg["identity"]
+    ccep = ident.get("algorithm") == "ccep"
     problem = Path(ident["problem"])
     if problem.is_file() and file_sha256(problem) != ident["problem_sha256"]:
         print(f"warning: {problem} changed since the run was made; results may differ")
@@ -69,14 +101,20 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
     data = task.load_data(DataRequest(
         root=Path(ident["data_root"]) if ident["data_root"] else None, seed=ident["seed"],
         eval_images=ident["eval_images"], test_images=ident["test_images"],
-        load_train=load_train, download=cfg.get("download", False)))
+        load_train=load_train, download=cfg.get("download", False),
+        train_images=ident.get("train_images")))
     return make_problem(task, data, device=device or cfg["device"], mode=cfg["mode"],
                         progress=progress, max_macs_ratio=ident["max_macs_ratio"],
-                        max_accuracy_drop=ident["max_accuracy_drop"])
+                        max_accuracy_drop=None if ccep else ident["max_accuracy_drop"],
+                        encoding="mask" if ccep else None,
+                        objectives=tuple(ident["objectives"]) if ccep else None)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     resolve_device(args.device)
+    _resolve_sizes(args)
+    if args.algorithm == "ccep":
+        return _search_ccep(args)
     config = SearchConfig(pop_size=args.pop_size, generations=args.generations, seed=args.seed,
                           algorithm=args.algorithm)
     task = load_problem_file(args.problem, _options(args.weights))
@@ -101,6 +139,54 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"\n{len(run.candidates())} candidates evaluated, {len(front)} on the front. "
           f"Run directory: {run.path}  (plots in {run.path / 'plots'})")
     return 0
+
+
+def _search_ccep(args: argparse.Namespace) -> int:
+    config = ccep_config(args)
+    task = load_problem_file(args.problem, _options(args.weights))
+    run = RunDir(args.out)
+    config_dict = run_config(args, task.objectives, task.name)
+    resume = run.check(config_dict, resume=args.resume, force=args.force)
+    if args.resume and not resume:
+        print(f"note: {args.out} has no checkpoint yet; starting from round 0")
+    recipe = config.recipe_for(task.finetune)
+    data = task.load_data(DataRequest(root=args.data_root, seed=args.seed,
+                                      eval_images=args.eval_images, test_images=args.test_images,
+                                      load_train=recipe.epochs > 0, download=args.download,
+                                      train_images=args.train_images))
+    setup = make_problem(task, data, device=args.device, mode=args.mode,
+                         progress=False, encoding="mask", objectives=ccep_objectives)
+    if not resume:
+        run.create(config_dict)
+    cc = config.coevolution
+    print(f"{task.name}: {setup.space}; {len(data.val)} hold-out images, {len(data.test)} test "
+          f"images, {len(data.train)} training images; evaluation mode {setup.evaluator.mode} "
+          f"on {setup.evaluator.device}")
+    print(f"CCEP: up to {config.rounds} rounds of {cc.generations} generations x {cc.pop_size} "
+          f"masks per group, then {recipe.epochs} fine-tuning epochs (lr {recipe.lr}, "
+          f"{recipe.schedule} schedule)")
+    run_ccep(setup, run, config, resume=resume, progress=not args.quiet)
+    print(rounds_summary(run))
+    print(f"\nRun directory: {run.path}  (plots in {run.path / 'plots'}; "
+          f"`moprune export {run.path} --id ROUND --out FILE` exports a round)")
+    return 0
+
+
+ROUND_COLUMNS = (
+    ("round", "round", "d"), ("val_accuracy", "val acc", ".2%"),
+    ("test_accuracy", "test acc", ".2%"), ("spliced", "pruned, before FT", ".2%"),
+    ("macs_reduction", "MACs red.", ".1%"), ("params_reduction", "params red.", ".1%"),
+    ("groups", "groups pruned", "d"),
+)
+
+
+def rounds_summary(run: RunDir) -> str:
+    """Table of a CCEP run's rounds and the knee of its front over rounds."""
+    rows = rounds_table_rows(run)
+    knee = pick(run.front(), run.baseline(), PickRule("knee"), ccep_objectives)
+    return (format_table(rows, ROUND_COLUMNS)
+            + f"\nknee of the front over rounds: round {knee['id']} (hold-out accuracy "
+              "selects; test accuracy is reported only)")
 
 
 def _member_row(name: str, record: dict, baseline: dict) -> dict:
@@ -177,9 +263,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = setup.task.finetune
     if args.lr is not None:
         cfg = dataclasses.replace(cfg, lr=args.lr)
+    model = load_network(run, record["weights_file"]).model if "weights_file" in record else None
     metrics = export_candidate(setup, record, args.out, finetune_epochs=args.finetune_epochs,
                                seed=run.config()["identity"]["seed"], device=device,
-                               progress=not args.quiet, finetune_config=cfg)
+                               progress=not args.quiet, finetune_config=cfg, model=model)
     baseline = metrics["baseline"]
     print(f"exported candidate {args.id} to {args.out}")
     print(f"  MACs {metrics['macs']:,} ({1 - metrics['macs_ratio']:.1%} fewer than "

@@ -26,7 +26,8 @@ RECIPE = FinetuneConfig(epochs=40, lr=0.05, batch_size=64, weight_decay=5e-4, au
 def load_digits(request: DataRequest) -> DataBundle:
     """The embedded digits data with a seeded hold-out split."""
     return load_dataset("digits", root=None, seed=request.seed, max_val=request.eval_images,
-                        max_test=request.test_images, load_train=request.load_train)
+                        max_test=request.test_images, load_train=request.load_train,
+                        max_train=request.train_images)
 
 
 def build_task(options: TaskOptions) -> PruningTask:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 from pathlib import Path
@@ -26,7 +27,8 @@ def thop_cost(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]
 
 def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epochs: int = 0,
                      seed: int = 0, device: str | torch.device = "cpu",
-                     progress: bool = True, finetune_config: FinetuneConfig | None = None) -> dict:
+                     progress: bool = True, finetune_config: FinetuneConfig | None = None,
+                     model: nn.Module | None = None) -> dict:
     """Prune the full model to ``record``'s plan, optionally fine-tune, measure and save.
 
     The file holds ``{"model", "plan", "normalization", "metrics", "input_shape", "genome",
@@ -41,6 +43,8 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
         device: Where to measure and fine-tune.
         progress: Show progress bars.
         finetune_config: Recipe (default: the task's, with ``finetune_epochs`` epochs).
+        model: The candidate's network when it is not the full network pruned to the plan
+            (a CCEP round's fine-tuned network); it is copied, not changed.
 
     Returns:
         The metrics written into the file.
@@ -49,7 +53,10 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
     problem, space, data = setup.problem, setup.space, setup.data
     genome = problem.genome_from_key(record["genome"])  # type: ignore[attr-defined]
     plan = problem.encoding.decode(genome)
-    model = prune_model(setup.task.model, space, plan).to(device)
+    if model is None:
+        model = prune_model(setup.task.model, space, plan).to(device)
+    else:
+        model = copy.deepcopy(model).to(device).eval()
     macs, params = thop_cost(model, space.input_shape)
     val_acc, val_loss = evaluate_accuracy(model, data.val, data.normalization, device=device)
     test_acc, _ = evaluate_accuracy(model, data.test, data.normalization, device=device)

@@ -11,6 +11,10 @@ Layout of a run directory::
     front.json         final non-dominated members with test accuracy
     plots/             front.{png,svg}, hypervolume.{png,svg}
 
+CCEP runs (round-based) also hold ``rounds/round_NNN.pt`` (the network after each round)
+and ``coevolution.jsonl`` (every sub-candidate of every group, round and generation);
+their ``candidates.jsonl`` has one line per round.
+
 Every file is written atomically (temporary file + ``os.replace``), so a run killed at any
 point (``kill -9`` included) leaves the last checkpoint and the candidates up to it intact.
 """
@@ -23,7 +27,7 @@ import pickle
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,8 @@ FRONT = "front.json"
 BASELINE = "baseline.json"
 PROGRESS = "progress.json"
 MAGIC = "moprune-checkpoint-v1"
+ROUNDS = "rounds"  # per-round networks of round-based searches (CCEP)
+EXTRA_FILES = ("coevolution.jsonl",)
 
 
 class RunDirError(ValueError):
@@ -96,6 +102,17 @@ def versions() -> dict[str, str]:
             "numpy": numpy.__version__, "moprune": moprune.__version__}
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested dicts flattened to dotted keys (so a refusal names the exact setting)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 @dataclass
 class RunDir:
     """A run directory on disk."""
@@ -125,9 +142,9 @@ class RunDir:
             if force and not resume:
                 return False
             if resume:
-                stored = self.config()
-                diff = {k for k in set(stored["identity"]) | set(config["identity"])
-                        if stored["identity"].get(k) != config["identity"].get(k)}
+                stored = _flat(self.config()["identity"])
+                wanted = _flat(config["identity"])
+                diff = {k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k)}
                 if diff:
                     raise RunDirError(
                         f"cannot resume {str(self.path)!r}: it was made with different settings "
@@ -155,8 +172,13 @@ class RunDir:
         atomic_write_bytes(self.path / CANDIDATES, b"")
 
     def _clear(self) -> None:
-        for name in (CONFIG, CANDIDATES, CHECKPOINT, FRONT, BASELINE, PROGRESS):
+        for name in (CONFIG, CANDIDATES, CHECKPOINT, FRONT, BASELINE, PROGRESS, *EXTRA_FILES):
             (self.path / name).unlink(missing_ok=True)
+        rounds = self.path / ROUNDS
+        if rounds.is_dir():
+            for p in rounds.iterdir():
+                if p.suffix == ".pt":
+                    p.unlink()
         plots = self.path / "plots"
         if plots.is_dir():
             for p in plots.iterdir():
@@ -175,6 +197,10 @@ class RunDir:
         path = self.path / CANDIDATES
         if not path.exists():
             raise RunDirError(f"{str(path)!r} is missing; is this a moprune run directory?")
+        return self._jsonl(path)
+
+    @staticmethod
+    def _jsonl(path: Path) -> list[dict]:
         out = []
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
@@ -187,11 +213,26 @@ class RunDir:
         return out
 
     def append_candidates(self, records: list[dict]) -> None:
-        with open(self.path / CANDIDATES, "a") as f:
+        self.append_jsonl(CANDIDATES, records)
+
+    def read_jsonl(self, name: str) -> list[dict]:
+        """Records of a JSON-lines file of the run (missing file: none)."""
+        path = self.path / name
+        return self._jsonl(path) if path.exists() else []
+
+    def append_jsonl(self, name: str, records: list[dict]) -> None:
+        with open(self.path / name, "a") as f:
             for r in records:
                 f.write(json.dumps(r, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    def filter_jsonl(self, name: str, keep: Callable[[dict], bool]) -> list[dict]:
+        """Rewrite a JSON-lines file keeping only records for which ``keep`` is true."""
+        rows = [r for r in self.read_jsonl(name) if keep(r)]
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        atomic_write_bytes(self.path / name, data.encode())
+        return rows
 
     def truncate_candidates(self, n_generations: int) -> list[dict]:
         """Keep only candidates of generations ``<= n_generations`` (before resuming)."""

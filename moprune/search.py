@@ -18,6 +18,7 @@ from moprune.analysis import (
     plot_front,
     plot_hypervolume,
     plot_kept_channels,
+    plot_rounds,
 )
 from moprune.evaluator import Evaluator
 from moprune.runs import BASELINE, FRONT, PROGRESS, RunDir, detached_problem
@@ -162,7 +163,10 @@ def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dic
 
 
 def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
-    """Front and hypervolume plots of a run, and kept channels of the knee (or of ``ids``)."""
+    """Front and hypervolume plots of a run, and kept channels of the knee (or of ``ids``).
+
+    Round-based runs (CCEP) also get ``rounds``: accuracy against MACs reduction per round.
+    """
     front = run.front()
     baseline = run.baseline()
     config = run.config()
@@ -180,6 +184,8 @@ def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     paths += plot_hypervolume(history, out / "hypervolume")
     names = [g["name"] for g in baseline["groups"]]
     sizes = [g["size"] for g in baseline["groups"]]
+    if all("round" in r for r in records) and records:
+        paths += plot_rounds(run.candidates(), baseline, out / "rounds", title=config.get("title"))
     chosen = [("knee", knee)] if ids is None else [(f"id{i}", run.record(i)) for i in ids]
     for label, rec in chosen:
         paths += plot_kept_channels(names, rec["kept"], sizes, out / f"kept_channels_{label}",

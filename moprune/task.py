@@ -56,6 +56,7 @@ class DataRequest:
         test_images: Test images for reporting (None = all).
         load_train: Decode the training part too (needed for fine-tuning).
         download: Allow torchvision to download CIFAR.
+        train_images: Use only a seeded random part of the training part (None = all).
 
     """
 
@@ -65,6 +66,7 @@ class DataRequest:
     test_images: int | None = None
     load_train: bool = False
     download: bool = False
+    train_images: int | None = None
 
 
 @dataclass
@@ -185,8 +187,16 @@ class SearchSetup:
 def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
                  mode: str = "auto", progress: bool = False,
                  max_macs_ratio: float | None = None,
-                 max_accuracy_drop: float | None = None) -> SearchSetup:
-    """Build space, evaluator (on the hold-out split) and pymoo problem for ``task``."""
+                 max_accuracy_drop: float | None = None, encoding: str | None = None,
+                 objectives: tuple[str, ...] | None = None) -> SearchSetup:
+    """Build space, evaluator (on the hold-out split) and pymoo problem for ``task``.
+
+    ``encoding`` and ``objectives`` override the task's (CCEP always searches masks).
+    """
+    encoding = encoding or task.encoding
+    objectives = objectives or task.objectives
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}; got {encoding!r}")
     out = task.model(torch.zeros((1, *task.input_shape)))
     check_num_classes(data, int(out.shape[-1]))
     if tuple(data.input_shape) != tuple(task.input_shape):
@@ -196,11 +206,11 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
     evaluator = Evaluator(task.model, space, data.val, data.normalization, device=device,
                           mode=mode, progress=progress)
     problem: PruningProblem
-    if task.encoding == "mask":
-        problem = FilterMaskProblem(evaluator, task.objectives, max_macs_ratio,
+    if encoding == "mask":
+        problem = FilterMaskProblem(evaluator, objectives, max_macs_ratio,
                                     max_accuracy_drop, repair_criterion=task.criterion)
     else:
-        problem = LayerRatioProblem(evaluator, task.criterion, objectives=task.objectives,
+        problem = LayerRatioProblem(evaluator, task.criterion, objectives=objectives,
                                     max_macs_ratio=max_macs_ratio,
                                     max_accuracy_drop=max_accuracy_drop)
     return SearchSetup(task, data, space, evaluator, problem)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from moprune.zoo.data import Normalization, Split
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "step")
 CROP_PADDING = 4  # torchvision's RandomCrop(size, padding=4) with zero fill
 CROP_MIN_SIZE = 16  # images smaller than this (height or width) are never cropped
 POSTFIX_EVERY = 20  # steps between progress-bar updates (the only host syncs inside an epoch)
@@ -39,7 +39,11 @@ class FinetuneConfig:
         nesterov: Use Nesterov momentum (needs ``momentum > 0``).
         weight_decay: L2 penalty applied by SGD to all parameters.
         batch_size: Examples per step; the last, smaller batch is used too.
-        schedule: ``"cosine"`` (per-step cosine decay from ``lr`` to 0) or ``"constant"``.
+        schedule: ``"cosine"`` (per-step cosine decay from ``lr`` to 0), ``"constant"``, or
+            ``"step"`` (``lr`` times ``gamma`` at each milestone, like ``MultiStepLR``).
+        milestones: Fractions of training (in (0, 1), increasing) at which ``"step"``
+            multiplies the learning rate by ``gamma``; (0.5,) with 100 epochs = epoch 50.
+        gamma: Factor of ``"step"`` at each milestone, in (0, 1].
         augment: Random crop with zero padding 4 (only for images of at least 16x16) and,
             if ``augment_flip``, a random horizontal flip.
         augment_flip: Flip horizontally in augmentation; set False for digits or text.
@@ -57,6 +61,8 @@ class FinetuneConfig:
     augment: bool = True
     augment_flip: bool = True
     label_smoothing: float = 0.0
+    milestones: tuple[float, ...] = (0.5,)
+    gamma: float = 0.1
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,6 +94,12 @@ class FinetuneConfig:
             problems.append(
                 f"label_smoothing must be a number in [0, 1); got {self.label_smoothing!r}"
             )
+        ms = tuple(self.milestones) if isinstance(self.milestones, (tuple, list)) else None
+        if ms is None or not all(_is_real(m) and 0 < m < 1 for m in ms) or list(ms) != sorted(ms):
+            problems.append(f"milestones must be increasing fractions in (0, 1); got "
+                            f"{self.milestones!r}")
+        if not _is_real(self.gamma) or not 0 < self.gamma <= 1:
+            problems.append(f"gamma must be a number in (0, 1]; got {self.gamma!r}")
         if problems:
             raise ValueError("invalid FinetuneConfig: " + "; ".join(problems) + ".")
 
@@ -249,6 +261,9 @@ def _batch_bounds(size: int, batch_size: int) -> list[tuple[int, int]]:
 def _lr_at(config: FinetuneConfig, step: int, total_steps: int) -> float:
     if config.schedule == "constant":
         return config.lr
+    if config.schedule == "step":
+        passed = sum(step >= round(m * total_steps) for m in config.milestones)
+        return config.lr * config.gamma**passed
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
 
 

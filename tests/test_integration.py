@@ -75,3 +75,31 @@ def test_resnet20_published_weights_search_pick_export(cifar_root, torch_home, t
 
     macs, _ = thop.profile(copy.deepcopy(model), (torch.zeros(1, 3, 32, 32),), verbose=False)
     assert int(macs) == knee["macs"] < baseline["macs"]
+
+
+def test_resnet20_ccep_two_rounds(cifar_root, torch_home, tmp_path, capsys):
+    """CCEP on real data: 2 rounds, 1 fine-tuning epoch on 2,000 training images each."""
+    out = tmp_path / "ccep"
+    status = main(["search", str(RESNET20), "--data-root", str(cifar_root), "--algorithm",
+                   "ccep", "--rounds", "2", "--generations", "1", "--finetune-epochs", "1",
+                   "--finetune-recipe", "task", "--train-images", "2000", "--eval-images",
+                   str(EVAL_IMAGES), "--test-images", str(TEST_IMAGES), "--device", "cpu",
+                   "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    run = RunDir(out)
+    rounds, baseline = run.candidates(), run.baseline()
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[2]["macs"] < rounds[1]["macs"] < baseline["macs"]
+    assert rounds[1]["groups_pruned"] == 9  # every internal group of ResNet-20 lost channels
+    for r in rounds[1:]:  # sane: pruned ~12 % of internal channels per round, then fine-tuned
+        assert r["val_accuracy"] > 0.6 and r["test_accuracy"] > 0.6, r
+        assert r["val_accuracy"] > baseline["val_accuracy"] - 0.15, (r, baseline)
+
+    model_file = tmp_path / "round2.pt"
+    assert main(["export", str(out), "--id", "2", "--out", str(model_file), "--quiet"]) == 0
+    payload = torch.load(model_file, weights_only=False)
+    macs, _ = thop.profile(copy.deepcopy(payload["model"]), (torch.zeros(1, 3, 32, 32),),
+                           verbose=False)
+    assert int(macs) == rounds[2]["macs"]
+    assert payload["metrics"]["val_accuracy"] == pytest.approx(rounds[2]["val_accuracy"])

@@ -18,6 +18,7 @@ from moprune.analysis.plots import (
     plot_front,
     plot_hypervolume,
     plot_kept_channels,
+    plot_rounds,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "plot_front",
     "plot_hypervolume",
     "plot_kept_channels",
+    "plot_rounds",
 ]

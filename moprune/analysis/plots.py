@@ -114,6 +114,66 @@ def plot_hypervolume(history: list[tuple[int, float]], out_stem: Path) -> list[P
     return _save(fig, out_stem)
 
 
+def plot_rounds(
+    rounds: list[dict],
+    baseline: dict,
+    out_stem: Path,
+    reference: tuple[float, float] | None = None,
+    title: str | None = None,
+) -> list[Path]:
+    """Accuracy against MACs reduction over the rounds of a round-based search (CCEP).
+
+    Args:
+        rounds: One record per round (``round``, ``macs_ratio``, ``val_accuracy``, optional
+            ``test_accuracy`` and ``spliced_val_accuracy``: hold-out accuracy right after the
+            round's pruning, before fine-tuning).
+        baseline: The starting network (``val_accuracy``, optional ``test_accuracy``).
+        out_stem: Output path without suffix; ``.png`` and ``.svg`` are written.
+        reference: A published ``(MACs reduction %, accuracy change in points)`` to mark
+            against the test line (e.g. CCEP's ResNet-56: (63.42, +0.24)).
+        title: Figure title.
+
+    Returns:
+        The PNG and SVG paths.
+
+    """
+    fig = Figure(figsize=(7.0, 4.8))
+    ax = fig.add_subplot()
+    rounds = sorted(rounds, key=lambda r: r["round"])
+    xs = [_reduction(r) for r in rounds]
+    ax.plot(xs, [100 * r["val_accuracy"] for r in rounds], "-o", ms=4, color=_FRONT_COLOR,
+            label="hold-out (after fine-tuning)")
+    tested = [r for r in rounds if r.get("test_accuracy") is not None]
+    if tested:
+        ax.plot([_reduction(r) for r in tested], [100 * r["test_accuracy"] for r in tested],
+                "-s", ms=4, color="tab:orange", label="test (after fine-tuning)")
+    spliced = [r for r in rounds if r.get("spliced_val_accuracy") is not None]
+    if spliced:
+        ax.scatter([_reduction(r) for r in spliced],
+                   [100 * r["spliced_val_accuracy"] for r in spliced], s=22,
+                   facecolors="none", edgecolors=_FRONT_COLOR,
+                   label="hold-out right after pruning")
+    for r, x in zip(rounds, xs):
+        ax.annotate(str(r["round"]), (x, 100 * r["val_accuracy"]), xytext=(0, 5),
+                    textcoords="offset points", fontsize=7, ha="center", color="0.3")
+    ax.axhline(100 * float(baseline["val_accuracy"]), ls="--", lw=1, color=_FRONT_COLOR,
+               alpha=0.5)
+    if baseline.get("test_accuracy") is not None:
+        base_test = 100 * float(baseline["test_accuracy"])
+        ax.axhline(base_test, ls="--", lw=1, color="tab:orange", alpha=0.5)
+        if reference is not None:
+            ax.scatter([reference[0]], [base_test + reference[1]], marker="*", s=140,
+                       color="tab:red", zorder=5,
+                       label=f"published: {reference[0]:.2f}% fewer, {reference[1]:+.2f} pts")
+    ax.set_xlabel("MACs reduction (%) - numbers: round")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, out_stem)
+
+
 def plot_kept_channels(
     group_names: Sequence[str],
     kept: Sequence[int],

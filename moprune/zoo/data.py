@@ -169,6 +169,7 @@ class LoadRequest:
     seed: int
     val_fraction: float
     max_val: int | None
+    max_train: int | None
     max_test: int | None
     load_train: bool
     download: bool
@@ -188,6 +189,7 @@ def load_dataset(
     max_val: int | None = None,
     max_test: int | None = None,
     load_train: bool = True,
+    max_train: int | None = None,
     download: bool = False,
     num_workers: int = 2,
 ) -> DataBundle:
@@ -201,6 +203,8 @@ def load_dataset(
         max_val: Keep (and decode) only the first ``max_val`` held-out examples.
         max_test: Keep (and decode) only a seeded random ``max_test`` test examples.
         load_train: If False, ``train`` is empty and nothing of it is decoded.
+        max_train: Keep (and decode) only a seeded random ``max_train`` of the training part
+            (for reduced-budget fine-tuning); the hold-out split is unaffected.
         download: Let torchvision download CIFAR into ``root`` when it is missing.
         num_workers: Threads used to decode image files.
 
@@ -215,7 +219,8 @@ def load_dataset(
     loader = DATASETS.get(name)
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}.")
-    for label, value in (("max_val", max_val), ("max_test", max_test)):
+    for label, value in (("max_val", max_val), ("max_test", max_test),
+                         ("max_train", max_train)):
         if value is not None and value < 1:
             raise DataError(f"{label} must be a positive integer or None; got {value}.")
     if num_workers < 0:
@@ -226,6 +231,7 @@ def load_dataset(
         seed=seed,
         val_fraction=val_fraction,
         max_val=max_val,
+        max_train=max_train,
         max_test=max_test,
         load_train=load_train,
         download=download,
@@ -271,12 +277,13 @@ def detect_dataset(root: str | Path) -> str:
 
 
 def holdout_indices(
-    n: int, seed: int, val_fraction: float, max_val: int | None
+    n: int, seed: int, val_fraction: float, max_val: int | None, max_train: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split ``range(n)`` into (train, val) indices with a permutation seeded by ``seed``.
 
     The first ``round(val_fraction * n)`` permuted indices are val, the rest train; ``max_val``
-    keeps only the first ``max_val`` val indices. Both keep the permuted (random) order.
+    keeps only the first ``max_val`` val indices and ``max_train`` the first ``max_train``
+    train indices. Both keep the permuted (random) order.
     """
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = round(val_fraction * n)
@@ -288,7 +295,8 @@ def holdout_indices(
     val = perm[:n_val]
     if max_val is not None:
         val = val[:max_val]
-    return perm[n_val:], val
+    train = perm[n_val:] if max_train is None else perm[n_val:][:max_train]
+    return train, val
 
 
 def sample_indices(n: int, seed: int, max_n: int | None) -> torch.Tensor:
@@ -333,7 +341,7 @@ def _splits_from_arrays(
     request: LoadRequest,
 ) -> tuple[Split, Split, Split]:
     train_idx, val_idx = holdout_indices(
-        len(labels), request.seed, request.val_fraction, request.max_val
+        len(labels), request.seed, request.val_fraction, request.max_val, request.max_train
     )
     test_idx = sample_indices(len(test_labels), request.seed, request.max_test)
     shape = tuple(images.shape[1:])
@@ -508,7 +516,7 @@ def _load_imagefolder(request: LoadRequest) -> DataBundle:
             f"only in test: {only_test}; both need the same class folders."
         )
     train_idx, val_idx = holdout_indices(
-        len(files), request.seed, request.val_fraction, request.max_val
+        len(files), request.seed, request.val_fraction, request.max_val, request.max_train
     )
     test_idx = sample_indices(len(test_files), request.seed, request.max_test)
     first = _read_image(files[int(val_idx[0])])
