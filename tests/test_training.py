@@ -241,7 +241,7 @@ def test_epochs_zero_returns_immediately(data):
         ("momentum", 1.0, "momentum"),
         ("weight_decay", -1e-4, "weight_decay"),
         ("batch_size", 0, "batch_size"),
-        ("schedule", "step", "'cosine', 'constant'"),
+        ("schedule", "linear", "'cosine', 'constant', 'step'"),
         ("label_smoothing", 1.0, "label_smoothing"),
         ("augment", 1, "augment"),
     ],
