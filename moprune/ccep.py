@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ class CCEPConfig:
         """JSON form (for the run's identity)."""
         out = dataclasses.asdict(self)
         out["coevolution"].pop("batch_groups")  # speed only: results are identical
-        return out
+        return json.loads(json.dumps(out))  # tuples as lists, as read back from config.json
 
 
 @dataclass
@@ -185,12 +186,9 @@ class _Round:
     def __init__(self, setup: SearchSetup, net: Network) -> None:
         self.net = net
         policy = setup.space.policy
-        try:
-            self.space: PruningSpace | None = PruningSpace.from_model(
-                net.model, setup.space.input_shape, policy)
-        except ValueError:
-            self.space = None  # nothing prunable is left
-        if self.space is None or self.space.n_groups == 0:
+        self.space: PruningSpace | None = PruningSpace.from_model(
+            net.model, setup.space.input_shape, policy)
+        if self.space.n_groups == 0:  # every group is down to min_channels
             self.space, self.problem, self.to_orig = None, None, {}
             return
         names = {g.name: g.index for g in setup.space.groups}

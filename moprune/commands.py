@@ -20,6 +20,7 @@ from moprune.search import SearchConfig, run_search, write_plots
 from moprune.space import PruningSpace
 from moprune.task import (
     DataRequest,
+    PruningTask,
     SearchSetup,
     TaskOptions,
     file_sha256,
@@ -110,6 +111,17 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
                         objectives=tuple(ident["objectives"]) if ccep else None)
 
 
+def _open_run(args: argparse.Namespace) -> tuple[PruningTask, RunDir, dict, bool]:
+    """Load the problem file and check the run directory (nothing is written yet)."""
+    task = load_problem_file(args.problem, _options(args.weights))
+    run = RunDir(args.out)
+    config_dict = run_config(args, task.objectives, task.name)
+    resume = run.check(config_dict, resume=args.resume, force=args.force)
+    if args.resume and not resume:
+        print(f"note: {args.out} has no checkpoint yet; starting from the beginning")
+    return task, run, config_dict, resume
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     _resolve_sizes(args)
@@ -117,12 +129,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return _search_ccep(args)
     config = SearchConfig(pop_size=args.pop_size, generations=args.generations, seed=args.seed,
                           algorithm=args.algorithm)
-    task = load_problem_file(args.problem, _options(args.weights))
-    run = RunDir(args.out)
-    config_dict = run_config(args, task.objectives, task.name)
-    resume = run.check(config_dict, resume=args.resume, force=args.force)
-    if args.resume and not resume:
-        print(f"note: {args.out} has no checkpoint yet; starting from generation 0")
+    task, run, config_dict, resume = _open_run(args)
     data = task.load_data(DataRequest(root=args.data_root, seed=args.seed,
                                       eval_images=args.eval_images,
                                       test_images=args.test_images, download=args.download))
@@ -143,12 +150,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _search_ccep(args: argparse.Namespace) -> int:
     config = ccep_config(args)
-    task = load_problem_file(args.problem, _options(args.weights))
-    run = RunDir(args.out)
-    config_dict = run_config(args, task.objectives, task.name)
-    resume = run.check(config_dict, resume=args.resume, force=args.force)
-    if args.resume and not resume:
-        print(f"note: {args.out} has no checkpoint yet; starting from round 0")
+    task, run, config_dict, resume = _open_run(args)
     recipe = config.recipe_for(task.finetune)
     data = task.load_data(DataRequest(root=args.data_root, seed=args.seed,
                                       eval_images=args.eval_images, test_images=args.test_images,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import thop
 import torch
-from helpers import built_model, one_torch_thread
+from helpers import built_model, one_torch_thread, tiny_sequential
+from torch import nn
 
 from moprune.ccep import (
     COEVOLUTION_LOG,
@@ -183,8 +184,10 @@ def test_accuracy_drop_stops_and_is_excluded(digits_weights, tmp_path):
     assert all(r["val_accuracy"] >= base["val_accuracy"] for r in run.front())
 
 
-def _random_task(model_id: str) -> tuple[PruningTask, DataBundle]:
-    model, shape = built_model(model_id)
+def _random_task(model_id: str, model: nn.Module | None = None,
+                 shape: tuple[int, int, int] = (3, 8, 8)) -> tuple[PruningTask, DataBundle]:
+    if model is None:
+        model, shape = built_model(model_id)
     gen = torch.Generator().manual_seed(0)
 
     def split(n: int) -> Split:
@@ -215,6 +218,24 @@ def test_residual_and_plain_models(model_id, tmp_path):
     macs, _ = thop.profile(net.model, (torch.zeros(1, *task.input_shape),), verbose=False)
     assert int(macs) == rec["macs"] < setup.problem.baseline["macs"]
     assert all(len(k) >= 1 for k in net.kept)
+
+
+def test_stops_when_nothing_is_left_to_prune(tmp_path):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = tiny_sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    task, data = _random_task("four_channels", model, (3, 8, 8))
+    run = new_run(tmp_path / "tiny")
+    cfg = CCEPConfig(rounds=10, coevolution=CoevolutionConfig(generations=1),
+                     finetune_epochs=0)
+    run_ccep(make_problem(task, data), run, cfg, resume=False, progress=False)
+    rounds = run.candidates()
+    assert rounds[-1]["kept"] == [1, 1]  # both groups down to min_channels
+    assert len(rounds) <= 4  # each round removes at least one channel of each group
+    assert run.load_checkpoint()["stopped"] == "no group can lose a channel any more"
 
 
 def test_config_errors():

@@ -61,3 +61,22 @@ def test_guide_problem_file_builds_a_problem(tmp_path: Path) -> None:
     setup = make_problem(task, data)
     assert setup.problem.n_var == setup.space.n_channels == 1920
     assert setup.problem.baseline["macs"] == 37_220_352
+
+
+def test_ccep_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
+    """The Python example of docs/ccep.md runs (from a scratch folder) and prunes."""
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "ccep.md").read_text(), flags=re.S)
+    assert len(blocks) == 1
+    code = blocks[0].replace('"problems/digits_demo.py"',
+                             repr(str(DOCS.parent / "problems" / "digits_demo.py")))
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(code, "docs/ccep.md", "exec"), {"__name__": "__main__"})
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    ratios = [float(m) for m in re.findall(r"MACs ratio ([0-9.]+)", out)]
+    assert ratios[0] == 1.0 and ratios[-1] <= 0.75
+    assert "keeps" in out
