@@ -1,4 +1,4 @@
-"""Algorithm presets: NSGA-II for binary filter masks and for per-group ratios."""
+"""Algorithm presets: NSGA-II for binary filter masks and for per-group ratios; a CCEP round."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pymoo.operators.mutation.bitflip import BitflipMutation
 from pymoo.operators.mutation.pm import PM
 from pymoo.operators.sampling.rnd import FloatRandomSampling
 
+from moprune.coevolution import CoevolutionConfig, CoevolutionRound
 from moprune.problems import FilterMaskProblem, LayerRatioProblem, PruningProblem
 from moprune.registry import Registry
 
@@ -111,4 +112,15 @@ def _nsga2(problem: PruningProblem, pop_size: int) -> Algorithm:
     raise TypeError(f"no NSGA-II preset for {type(problem).__name__}")
 
 
+def _ccep_round(problem: PruningProblem, pop_size: int) -> Algorithm:
+    """One CCEP coevolution round, without fine-tuning.
+
+    ``moprune search --algorithm ccep`` runs the full method (rounds, ``moprune.ccep``).
+    """
+    if not isinstance(problem, FilterMaskProblem):
+        raise TypeError(f"CCEP needs a filter-mask problem; got {type(problem).__name__}")
+    return CoevolutionRound(CoevolutionConfig(pop_size=pop_size))
+
+
 ALGORITHMS.register("nsga2", _nsga2)
+ALGORITHMS.register("ccep", _ccep_round)

@@ -304,3 +304,14 @@ def test_damaged_round_file_is_a_clear_error(digits_run, tmp_path):
     (copy / "rounds" / "round_001.pt").write_bytes(b"garbage")
     with pytest.raises(RunDirError, match="corrupted"):
         load_network(RunDir(copy), 1)
+
+
+def test_registered_as_one_round(digits_weights):
+    from moprune.algorithms import ALGORITHMS
+    from moprune.coevolution import CoevolutionRound
+
+    alg = ALGORITHMS.get("ccep")(digits_setup(digits_weights).problem, 4)
+    assert isinstance(alg, CoevolutionRound) and alg.config.pop_size == 4
+    task, data = _digits(digits_weights)
+    with pytest.raises(TypeError, match="filter-mask"):
+        ALGORITHMS.get("ccep")(make_problem(task, data, encoding="ratio").problem, 4)

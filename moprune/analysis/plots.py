@@ -168,7 +168,7 @@ def plot_rounds(
     ax.set_xlabel("MACs reduction (%) - numbers: round")
     ax.set_ylabel("accuracy (%)")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     if title:
         ax.set_title(title)
     return _save(fig, out_stem)
