@@ -14,7 +14,9 @@ probability ``keep_prob`` (individual 0 is unpruned); parents are drawn uniforml
 crossover; bit-flip mutation where a restore (0 -> 1) is always allowed and a prune
 (1 -> 0) only while the individual keeps at least ``prune_bound`` of the group's channels;
 (mu + lambda) truncation by accuracy with ties to fewer channels; and a group's winner is
-its best pruned member (if the best is the unpruned mask, the second best is taken).
+its best member, or the best pruned one if the best is the unpruned mask (the "second best"
+rule; when survival has left only copies of the unpruned mask, the best pruned mask the group
+evaluated this round).
 """
 
 from __future__ import annotations
@@ -329,6 +331,7 @@ class CoevolutionRound(Algorithm):
         self.config = config or CoevolutionConfig()
         self.subs: list[GeneticAlgorithm] = []
         self._parts: list[tuple[GeneticAlgorithm, Population, slice]] = []
+        self._best_pruned: dict[int, tuple[tuple[float, int], np.ndarray, np.ndarray]] = {}
 
     def _setup(self, problem, **kwargs):
         if not isinstance(problem, FilterMaskProblem):
@@ -340,6 +343,7 @@ class CoevolutionRound(Algorithm):
         space = problem.space
         cfg = self.config
         self.subs = []
+        self._best_pruned = {}
         for group in space.groups:
             sub = GroupMaskProblem(group.index, group.name, group.size,
                                    space.policy.min_channels, cfg.prune_bound,
@@ -405,8 +409,28 @@ class CoevolutionRound(Algorithm):
             sub.set("network_F", F[rows])
             alg.problem.provide(sub.get("X"), F[rows, col])
             alg.evaluator.eval(alg.problem, sub)
+            self._remember_pruned(alg.problem, sub.get("X").astype(bool), F[rows], col)
             alg.advance(infills=sub)
         self._parts = []
+
+    def _remember_pruned(self, problem: GroupMaskProblem, X: np.ndarray, F: np.ndarray,
+                         col: int) -> None:
+        """Keep each group's best pruned mask ever evaluated (lowest error, then fewest kept).
+
+        (mu + lambda) survival can fill a population with copies of the unpruned mask; the
+        "second best" rule then falls back on this, so every group that met a pruned mask
+        this round still shrinks.
+        """
+        best = self._best_pruned.get(problem.group)
+        for x, f in zip(X, F):
+            kept = int(x.sum())
+            if kept == problem.size:
+                continue
+            key = (float(f[col]), kept)
+            if best is None or key < best[0]:
+                best = (key, x.copy(), np.asarray(f, dtype=float).copy())
+        if best is not None:
+            self._best_pruned[problem.group] = best
 
     def winners(self) -> list[GroupWinner]:
         """Each group's winner (groups that could not or did not prune are left out)."""
@@ -416,6 +440,12 @@ class CoevolutionRound(Algorithm):
                 continue
             X, F = alg.pop.get("X").astype(bool), alg.pop.get("F")
             i, best_unpruned = choose_winner(X, F, self.config)
+            if i < 0 and alg.problem.group in self._best_pruned:
+                _, keep, net_f = self._best_pruned[alg.problem.group]
+                error = float(net_f[self.problem.objectives.index("error")])
+                out.append(GroupWinner(alg.problem.group, alg.problem.name, keep.copy(), error,
+                                       True, net_f))
+                continue
             if i < 0 or X[i].all():
                 continue
             net_f = np.asarray(alg.pop[i].get("network_F"), dtype=float)

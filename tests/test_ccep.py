@@ -229,7 +229,8 @@ def test_stops_when_nothing_is_left_to_prune(tmp_path):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
     task, data = _random_task("four_channels", model, (3, 8, 8))
     run = new_run(tmp_path / "tiny")
-    cfg = CCEPConfig(rounds=10, coevolution=CoevolutionConfig(generations=1),
+    # a high mutation rate so that every group finds a pruned mask each round
+    cfg = CCEPConfig(rounds=10, coevolution=CoevolutionConfig(generations=3, mutation_rate=0.5),
                      finetune_epochs=0)
     run_ccep(make_problem(task, data), run, cfg, resume=False, progress=False)
     rounds = run.candidates()
