@@ -146,10 +146,14 @@ class Network:
 
     def mask(self, space: PruningSpace) -> np.ndarray:
         """Keep-mask over the original space's channels."""
-        out = np.zeros(space.n_channels, dtype=bool)
-        for g, idx in enumerate(self.kept):
-            out[space.offsets[g] + idx] = True
-        return out
+        return _global_mask(space, self.kept)
+
+
+def _global_mask(space: PruningSpace, kept: list[np.ndarray]) -> np.ndarray:
+    out = np.zeros(space.n_channels, dtype=bool)
+    for g, idx in enumerate(kept):
+        out[space.offsets[g] + idx] = True
+    return out
 
 
 def _round_file(r: int) -> str:
@@ -202,17 +206,22 @@ class _Round:
                               device=ev.device, mode=ev.mode, batch_size=ev.batch_size)
         self.problem = FilterMaskProblem(evaluator, OBJECTIVES)
 
+    def kept_after(self, winners: list[GroupWinner]) -> list[np.ndarray]:
+        """Original channel indices per original group once ``winners`` are spliced in."""
+        kept = list(self.net.kept)
+        for w in winners:
+            g = self.to_orig[w.group]
+            kept[g] = self.net.kept[g][w.keep]
+        return kept
+
     def splice(self, winners: list[GroupWinner]) -> tuple[nn.Module, Network]:
         """Prune the network to the winners' masks; returns the child and its record."""
         assert self.space is not None
         keep = [np.arange(n, dtype=np.int64) for n in self.space.sizes]
-        kept = [k.copy() for k in self.net.kept]
         for w in winners:
             keep[w.group] = np.flatnonzero(w.keep).astype(np.int64)
-            g = self.to_orig[w.group]
-            kept[g] = self.net.kept[g][w.keep]
         child = prune_model(self.net.model, self.space, PruningPlan(tuple(keep)))
-        return child, Network(child, kept)
+        return child, Network(child, self.kept_after(winners))
 
 
 def choose_splice(winners: list[GroupWinner], round_: _Round, setup: SearchSetup,
@@ -228,12 +237,8 @@ def choose_splice(winners: list[GroupWinner], round_: _Round, setup: SearchSetup
     space = setup.space
 
     def ratio(ws: list[GroupWinner]) -> float:
-        kept = list(round_.net.kept)
-        for w in ws:
-            g = round_.to_orig[w.group]
-            kept[g] = round_.net.kept[g][w.keep]
-        return float(cost.cost_of_masks(Network(round_.net.model, kept).mask(space)[None])
-                     .macs[0] / base)
+        mask = _global_mask(space, round_.kept_after(ws))
+        return float(cost.cost_of_masks(mask[None]).macs[0] / base)
 
     if ratio(winners) >= target:
         return winners
@@ -365,7 +370,10 @@ def _stop_reason(config: CCEPConfig, r: int, record: dict, baseline: dict) -> st
 
 def _one_round(setup: SearchSetup, run: RunDir, config: CCEPConfig, recipe: FinetuneConfig,
                state: dict, progress: bool, on_step: StepHook | None) -> dict:
-    """Advance a CCEP run by one phase (evolution, or splice + fine-tune) and checkpoint."""
+    """Run (the rest of) one CCEP round: coevolution, splice, fine-tune; checkpointed.
+
+    The coevolution is skipped when the state is already past it (phase ``"finetune"``).
+    """
     r = state["round"]
     round_ = _Round(setup, load_network(run, r))
     if round_.space is None:
@@ -407,16 +415,14 @@ def _one_round(setup: SearchSetup, run: RunDir, config: CCEPConfig, recipe: Fine
             state = {**state, "stopped": "no group found a pruned mask this round"}
             run.save_checkpoint(state)
             return state
-        splice = [(w.group, w.keep, w.error, w.best_was_unpruned) for w in winners]
-        state = {**state, "phase": "finetune", "coevolution": None, "splice": splice,
+        state = {**state, "phase": "finetune", "coevolution": None, "splice": winners,
                  "evaluations": int(alg.evaluator.n_eval),
                  "cache_hits": int(round_.problem.evaluator.stats.cache_hits)}
         run.save_checkpoint(state)
         if on_step is not None:
             on_step(r + 1, 0)
     # splice + fine-tune
-    winners = [GroupWinner(g, round_.space.groups[g].name, keep, err, unpruned, np.zeros(0))
-               for g, keep, err, unpruned in state["splice"]]
+    winners = state["splice"]
     child, net = round_.splice(winners)
     device = setup.evaluator.device
     spliced_acc, _ = evaluate_accuracy(child, setup.data.val, setup.data.normalization,

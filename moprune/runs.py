@@ -236,10 +236,8 @@ class RunDir:
 
     def truncate_candidates(self, n_generations: int) -> list[dict]:
         """Keep only candidates of generations ``<= n_generations`` (before resuming)."""
-        keep = [r for r in self.candidates() if r["generation"] <= n_generations]
-        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
-        atomic_write_bytes(self.path / CANDIDATES, data.encode())
-        return keep
+        self.candidates()  # a missing file is an error here
+        return self.filter_jsonl(CANDIDATES, lambda r: r["generation"] <= n_generations)
 
     # ---- checkpoint --------------------------------------------------------------------
     def checkpoint_exists(self) -> bool:

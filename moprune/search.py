@@ -173,8 +173,9 @@ def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     ident = config["identity"]
     objectives = tuple(ident["objectives"])
     test = {r["id"]: r["test_accuracy"] for r in front if "test_accuracy" in r}
+    candidates = run.candidates()
     records = [{**r, "test_accuracy": test[r["id"]]} if r["id"] in test else r
-               for r in feasible(run.candidates(), baseline, ident.get("max_macs_ratio"),
+               for r in feasible(candidates, baseline, ident.get("max_macs_ratio"),
                                  ident.get("max_accuracy_drop"))]
     knee = pick(front, baseline, PickRule("knee"), objectives)
     out = run.path / "plots"
@@ -185,7 +186,7 @@ def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     names = [g["name"] for g in baseline["groups"]]
     sizes = [g["size"] for g in baseline["groups"]]
     if all("round" in r for r in records) and records:
-        paths += plot_rounds(run.candidates(), baseline, out / "rounds", title=config.get("title"))
+        paths += plot_rounds(candidates, baseline, out / "rounds", title=config.get("title"))
     chosen = [("knee", knee)] if ids is None else [(f"id{i}", run.record(i)) for i in ids]
     for label, rec in chosen:
         paths += plot_kept_channels(names, rec["kept"], sizes, out / f"kept_channels_{label}",

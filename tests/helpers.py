@@ -206,3 +206,15 @@ def make_digits_cnn_model(seed: int = 0) -> nn.Module:
 def tiny_sequential(*layers: nn.Module) -> nn.Module:
     """A Sequential with numbered names (for the unsupported-layer tests)."""
     return nn.Sequential(OrderedDict((f"l{i}", m) for i, m in enumerate(layers)))
+
+
+@functools.cache
+def digits_eval_setup(min_channels: int = 2, n_images: int = 64):
+    """The seeded digits CNN, its space, a small hold-out split and the normalisation."""
+    from moprune.zoo.data import load_dataset
+
+    bundle = load_dataset("digits", root=None, seed=0, load_train=False)
+    model = make_digits_cnn_model(0)
+    space = PruningSpace.from_model(model, bundle.input_shape,
+                                    SpacePolicy(min_channels=min_channels))
+    return model, space, bundle.val.subset(n_images), bundle.normalization

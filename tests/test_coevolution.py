@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
-from helpers import built_model, make_digits_cnn_model, one_torch_thread, tiny_sequential
+from helpers import (
+    built_model,
+    digits_eval_setup,
+    one_torch_thread,
+    tiny_sequential,
+)
 from pymoo.core.population import Population
 from pymoo.operators.survival.rank_and_crowding import RankAndCrowding
 from pymoo.optimize import minimize
@@ -31,7 +34,7 @@ from moprune.evaluator import Evaluator
 from moprune.problems import FilterMaskProblem, LayerRatioProblem
 from moprune.registry import UnknownNameError
 from moprune.space import PruningSpace, SpacePolicy
-from moprune.zoo.data import Normalization, Split, load_dataset
+from moprune.zoo.data import Normalization, Split
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -364,13 +367,8 @@ def test_group_problem_reads_provided_values_only() -> None:
 # --- the round on the digits CNN --------------------------------------------------------------
 
 
-@functools.cache
 def _digits():
-    bundle = load_dataset("digits", root=None, seed=0, load_train=False)
-    model = make_digits_cnn_model(0)
-    space = PruningSpace.from_model(model, bundle.input_shape,
-                                    SpacePolicy(min_channels=MIN_CHANNELS))
-    return model, space, bundle.val.subset(N_IMAGES), bundle.normalization
+    return digits_eval_setup(MIN_CHANNELS, N_IMAGES)
 
 
 def digits_problem(**kwargs) -> FilterMaskProblem:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
-from helpers import make_digits_cnn_model, one_torch_thread
+from helpers import digits_eval_setup, one_torch_thread
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.algorithms.moo.sms import SMSEMOA
 from pymoo.algorithms.soo.nonconvex.ga import GA
@@ -24,8 +22,7 @@ from moprune.algorithms import (
 )
 from moprune.evaluator import Evaluator
 from moprune.problems import FilterMaskProblem, LayerRatioProblem
-from moprune.space import PruningSpace, SpacePolicy
-from moprune.zoo.data import load_dataset
+from moprune.space import PruningSpace
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -37,13 +34,8 @@ MIN_CHANNELS = 2
 N_IMAGES = 64
 
 
-@functools.cache
 def _setup():
-    bundle = load_dataset("digits", root=None, seed=0, load_train=False)
-    model = make_digits_cnn_model(0)
-    space = PruningSpace.from_model(model, bundle.input_shape,
-                                    SpacePolicy(min_channels=MIN_CHANNELS))
-    return model, space, bundle.val.subset(N_IMAGES), bundle.normalization
+    return digits_eval_setup(MIN_CHANNELS, N_IMAGES)
 
 
 def make_evaluator() -> Evaluator:
