@@ -1,4 +1,4 @@
-"""Algorithm presets: NSGA-II for binary filter masks and for per-group ratios; a CCEP round."""
+"""Algorithm presets: NSGA-II for masks and ratios, a CCEP round, DeepPruningES."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pymoo.operators.mutation.pm import PM
 from pymoo.operators.sampling.rnd import FloatRandomSampling
 
 from moprune.coevolution import CoevolutionConfig, CoevolutionRound
+from moprune.deeppruninges import DeepPruningES, DeepPruningESConfig
 from moprune.problems import FilterMaskProblem, LayerRatioProblem, PruningProblem
 from moprune.registry import Registry
 
@@ -124,3 +125,14 @@ def _ccep_round(problem: PruningProblem, pop_size: int) -> Algorithm:
 
 ALGORITHMS.register("nsga2", _nsga2)
 ALGORITHMS.register("ccep", _ccep_round)
+
+
+def _deeppruninges(problem: PruningProblem, pop_size: int) -> Algorithm:
+    """DeepPruningES with the published settings except ``pop_size`` (published: 30)."""
+    if not isinstance(problem, FilterMaskProblem):
+        raise TypeError(f"DeepPruningES needs a filter-mask problem; got "
+                        f"{type(problem).__name__}")
+    return DeepPruningES(DeepPruningESConfig(pop_size=pop_size))
+
+
+ALGORITHMS.register("deeppruninges", _deeppruninges)

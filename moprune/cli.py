@@ -35,6 +35,17 @@ def _nonneg(text: str) -> int:
     return value
 
 
+def _candidate(text: str) -> int | str:
+    if text in ("heavy", "light", "knee"):
+        return text
+    try:
+        return _nonneg(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a candidate id (an integer >= 0) or heavy, light or knee; got {text!r}"
+        ) from None
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, default=None,
                    help="dataset folder: an ImageFolder root with train/ and test/ (detected "
@@ -59,8 +70,9 @@ def _add_ccep_args(p: argparse.ArgumentParser) -> None:
                         "half; task: the problem file's recipe (default: published)")
     g.add_argument("--keep-prob", type=_fraction, default=0.95,
                    help="keep probability of the initial masks (default: 0.95)")
-    g.add_argument("--mutation-rate", type=_fraction, default=0.1,
-                   help="per-bit flip probability (default: 0.1)")
+    g.add_argument("--mutation-rate", type=_fraction, default=None,
+                   help="per-bit flip probability (default: 0.1 for ccep, 0.2 for "
+                        "deeppruninges)")
     g.add_argument("--prune-bound", type=_fraction, default=0.9,
                    help="prunes only while a mask keeps this fraction of the group's channels "
                         "(default: 0.9; 0.85 for ImageNet-scale)")
@@ -72,6 +84,44 @@ def _add_ccep_args(p: argparse.ArgumentParser) -> None:
                         "results, slower; for comparison)")
 
 
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 2,1; got {text!r}") from None
+    if any(v < 0 or v != v for v in values) or not any(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected non-negative weights, not all zero, e.g. 2,1; got {text!r}")
+    return values
+
+
+KNEE_HELP = ("knee definition: distance (min weighted normalised L1 distance to the ideal "
+             "point), tradeoff (pymoo high trade-off points) or line (max distance to the line "
+             "between the extremes)")
+WEIGHTS_HELP = ("weights of the distance knee, one per objective in the run's order (error, "
+                "MACs), e.g. 2,1 as in the authors' later code (default: equal = min Manhattan "
+                "distance)")
+
+
+def _add_es_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("DeepPruningES (--algorithm deeppruninges; defaults are the "
+                             "published settings)")
+    g.add_argument("--partial-epochs", type=_nonneg, default=None,
+                   help="partial retraining of every candidate before it is scored, in epochs "
+                        "on the training part (default: 3 for deeppruninges, 0 = none "
+                        "otherwise; not for ccep)")
+    g.add_argument("--partial-lr", type=float, default=1e-3,
+                   help="learning rate of the partial retraining (SGD, momentum 0.9, Nesterov, "
+                        "constant; default: 1e-3)")
+    g.add_argument("--knee-method", default="distance", help=KNEE_HELP + " (default: distance)")
+    g.add_argument("--knee-weights", type=_weights, default=None, help=WEIGHTS_HELP)
+    g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="also search the residual stages: one shared mask per stage that the "
+                        "stem, shortcuts and classifier follow (default: on for deeppruninges, "
+                        "otherwise the problem file's policy)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``moprune`` command."""
     parser = argparse.ArgumentParser(
@@ -80,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("search", help="search a pruning problem file (NSGA-II or CCEP)",
+    p = sub.add_parser("search",
+                       help="search a pruning problem file (NSGA-II, CCEP or DeepPruningES)",
                        description="Search the Pareto front of accuracy vs. cost for a problem "
                                    "file and write a run directory.")
     p.add_argument("problem", type=Path, help="problem file defining build_task(options)")
@@ -95,16 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune on a seeded random part of the training part only (default: "
                         "all of it); for reduced budgets (ccep, and `export` of the run)")
     p.add_argument("--pop-size", type=_positive, default=None,
-                   help="population size (default: 40 for nsga2; for ccep the population of "
-                        "each group, default 5)")
+                   help="population size (default: 40 for nsga2, 30 for deeppruninges; for "
+                        "ccep the population of each group, default 5)")
     p.add_argument("--generations", type=_positive, default=None,
-                   help="number of generations (default: 20 for nsga2; for ccep the "
+                   help="number of generations, the first being the initial population "
+                        "(default: 20 for nsga2, 11 for deeppruninges; for ccep the "
                         "generations per group and round, default 10)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the search and of the hold-out split (default: 0)")
     p.add_argument("--algorithm", default="nsga2",
-                   help="nsga2 (NSGA-II over the problem's encoding) or ccep (cooperative "
-                        "coevolution, rounds with fine-tuning; see the CCEP options below)")
+                   help="nsga2 (NSGA-II over the problem's encoding), ccep (cooperative "
+                        "coevolution, rounds with fine-tuning) or deeppruninges (the (3+27) "
+                        "evolution strategy with heavy/light/knee elites); see the options "
+                        "of each below")
     p.add_argument("--mode", default="auto", choices=("auto", "gate", "slice"),
                    help="evaluation: gate (population batched with channel gates), slice "
                         "(weights sliced per candidate) or auto (gate on CUDA, slice on CPU)")
@@ -121,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overwrite a different run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_ccep_args(p)
+    _add_es_args(p)
 
     p = sub.add_parser("plot", help="(re)draw a run's plots",
                        description="Draw the front and hypervolume plots of a run (PNG + SVG) "
@@ -142,23 +197,36 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--max-accuracy-drop", type=_fraction, metavar="D",
                       help="fewest MACs with hold-out accuracy >= baseline - D (0.01 = 1 point)")
     rule.add_argument("--list", action="store_true", help="list all front members")
-    p.add_argument("--knee-method", default="distance",
-                   help="knee definition: distance (min normalised L1 distance to the ideal "
-                        "point), tradeoff (pymoo high trade-off points) or line (max distance "
-                        "to the line between the extremes)")
+    p.add_argument("--knee-method", default=None,
+                   help=KNEE_HELP + " (default: the run's, distance unless the search set one)")
+    p.add_argument("--knee-weights", type=_weights, default=None,
+                   help=WEIGHTS_HELP.replace("(default: equal", "(default: the run's, or equal"))
     p.add_argument("--json", action="store_true", help="print the chosen member as JSON")
 
     p = sub.add_parser("export", help="export a candidate as a physically pruned network",
                        description="Prune the full network to candidate ID (Torch-Pruning "
-                                   "surgery), optionally fine-tune it, measure it and save it.")
+                                   "surgery; for runs scored after partial retraining, the "
+                                   "same seeded retraining follows), optionally fine-tune it, "
+                                   "measure it and save it. --elites exports the heavy, knee "
+                                   "and light members together, with a table and a plot.")
     p.add_argument("run", type=Path, help="run directory")
-    p.add_argument("--id", type=_nonneg, required=True, help="candidate id (see `moprune pick`)")
-    p.add_argument("--out", type=Path, required=True, help="output file (.pt)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=_candidate, default=None,
+                       help="candidate id (see `moprune pick`), or heavy, light or knee (the "
+                            "front's most accurate, cheapest and knee member)")
+    which.add_argument("--elites", action="store_true",
+                       help="export heavy, knee and light into --out (a folder), with "
+                            "elites.md, elites.json and elites.png/svg")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output file (.pt), or folder with --elites")
     p.add_argument("--finetune-epochs", type=_nonneg, default=0,
-                   help="epochs of fine-tuning (SGD, cosine schedule) on the training part "
-                        "(default: 0)")
+                   help="epochs of fine-tuning on the training part (default: 0; published "
+                        "DeepPruningES: 200 with --recipe deeppruninges)")
+    p.add_argument("--recipe", choices=("task", "deeppruninges"), default="task",
+                   help="task: the problem file's recipe (SGD, cosine); deeppruninges: SGD lr "
+                        "1e-4, momentum 0.9, Nesterov, constant (default: task)")
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate "
-                   "(default: the problem's recipe)")
+                   "(default: the recipe's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

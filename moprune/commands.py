@@ -8,15 +8,23 @@ from pathlib import Path
 
 import torch
 
-from moprune.analysis import PickRule, format_table, front_records, pick
+from moprune.analysis import (
+    PickRule,
+    format_table,
+    front_records,
+    pick,
+    trade_off_models,
+)
 from moprune.ccep import OBJECTIVES as ccep_objectives
-from moprune.ccep import CCEPConfig, load_network, rounds_table_rows, run_ccep
+from moprune.ccep import CCEPConfig, rounds_table_rows, run_ccep
 from moprune.coevolution import CoevolutionConfig
 from moprune.cost import CostModel
+from moprune.deeppruninges import DeepPruningES, DeepPruningESConfig
 from moprune.evaluator import resolve_device
 from moprune.export import export_candidate
+from moprune.retraining import final_recipe, partial_recipe
 from moprune.runs import RunDir, RunDirError, git_hash, versions
-from moprune.search import SearchConfig, run_search, write_plots
+from moprune.search import SearchConfig, run_knee, run_search, write_plots
 from moprune.space import PruningSpace
 from moprune.task import (
     DataRequest,
@@ -27,7 +35,8 @@ from moprune.task import (
     load_problem_file,
     make_problem,
 )
-from moprune.training import evaluate_accuracy, finetune
+from moprune.tradeoffs import candidate_model, export_trade_offs, resolve_role, trade_offs_table
+from moprune.training import FinetuneConfig, evaluate_accuracy, finetune
 
 MEMBER_COLUMNS = (
     ("name", "model", ""), ("id", "id", "d"), ("val_accuracy", "val acc", ".2%"),
@@ -41,7 +50,15 @@ def _options(weights: Path | None) -> TaskOptions:
     return TaskOptions(weights=weights.resolve() if weights else None)
 
 
-DEFAULT_SIZES = {"nsga2": (40, 20), "ccep": (5, 10)}  # (pop size, generations)
+DEFAULT_SIZES = {"nsga2": (40, 20), "ccep": (5, 10), "deeppruninges": (30, 11)}
+DEFAULT_MUTATION = {"ccep": 0.1, "deeppruninges": 0.2}
+ES = "deeppruninges"
+
+
+def es_config(args: argparse.Namespace) -> DeepPruningESConfig:
+    """The DeepPruningES settings of ``moprune search --algorithm deeppruninges``."""
+    return DeepPruningESConfig(pop_size=args.pop_size, mutation_rate=args.mutation_rate,
+                               knee_method=args.knee_method, knee_weights=args.knee_weights)
 
 
 def ccep_config(args: argparse.Namespace) -> CCEPConfig:
@@ -56,10 +73,40 @@ def ccep_config(args: argparse.Namespace) -> CCEPConfig:
                       max_accuracy_drop=args.max_accuracy_drop, seed=args.seed)
 
 
-def _resolve_sizes(args: argparse.Namespace) -> None:
-    pop, gens = DEFAULT_SIZES.get(args.algorithm, DEFAULT_SIZES["nsga2"])
+def _resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill the per-algorithm defaults and refuse options the algorithm does not use."""
+    algo = args.algorithm
+    pop, gens = DEFAULT_SIZES.get(algo, DEFAULT_SIZES["nsga2"])
     args.pop_size = pop if args.pop_size is None else args.pop_size
     args.generations = gens if args.generations is None else args.generations
+    if args.mutation_rate is None:
+        args.mutation_rate = DEFAULT_MUTATION.get(algo)
+    elif algo not in DEFAULT_MUTATION:
+        raise ValueError(f"--mutation-rate is an option of {' and '.join(DEFAULT_MUTATION)}, "
+                         f"not of --algorithm {algo}")
+    if args.partial_epochs is None:
+        args.partial_epochs = 3 if algo == ES else 0
+    if algo == "ccep" and args.partial_epochs > 0:
+        raise ValueError("--partial-epochs does not apply to ccep (it fine-tunes after every "
+                         "round instead: --finetune-epochs)")
+    if algo == "ccep" and args.residual:
+        raise ValueError("ccep prunes internal groups only; drop --residual")
+    if args.residual is None and algo == ES:
+        args.residual = True
+    if algo != ES and (args.knee_weights is not None or args.knee_method != "distance"):
+        raise ValueError(f"--knee-method and --knee-weights choose DeepPruningES's elites; "
+                         f"for --algorithm {algo} choose the knee afterwards with `moprune pick "
+                         "RUN --knee --knee-method M`")
+    if not (args.partial_lr > 0):
+        raise ValueError(f"--partial-lr must be > 0; got {args.partial_lr}")
+
+
+def _partial(identity: dict, task: PruningTask) -> FinetuneConfig | None:
+    """The partial-retraining recipe of a run identity (None: candidates are not retrained)."""
+    partial = identity.get("partial")
+    if not partial:
+        return None
+    return partial_recipe(task.finetune, partial["epochs"], partial["lr"])
 
 
 def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
@@ -80,9 +127,14 @@ def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
         # for CCEP the MACs ratio is a stopping target, not a constraint on the records
         "max_macs_ratio": None if ccep else args.max_macs_ratio,
         "max_accuracy_drop": args.max_accuracy_drop,
+        "residual": args.residual,
+        "partial": ({"epochs": args.partial_epochs, "lr": args.partial_lr}
+                    if args.partial_epochs > 0 else None),
     }
     if ccep:
         identity["ccep"] = ccep_config(args).to_dict()
+    if args.algorithm == ES:
+        identity[ES] = es_config(args).to_dict()
     return {"identity": identity, "device": args.device, "mode": args.mode,
             "download": args.download, "versions": versions(), "git": git_hash(),
             "title": f"{title} (seed {args.seed})"}
@@ -99,16 +151,18 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
         print(f"warning: {problem} changed since the run was made; results may differ")
     weights = Path(ident["weights"]) if ident["weights"] else None
     task = load_problem_file(problem, TaskOptions(weights=weights))
+    retrain = _partial(ident, task)
     data = task.load_data(DataRequest(
         root=Path(ident["data_root"]) if ident["data_root"] else None, seed=ident["seed"],
         eval_images=ident["eval_images"], test_images=ident["test_images"],
-        load_train=load_train, download=cfg.get("download", False),
+        load_train=load_train or retrain is not None, download=cfg.get("download", False),
         train_images=ident.get("train_images")))
     return make_problem(task, data, device=device or cfg["device"], mode=cfg["mode"],
                         progress=progress, max_macs_ratio=ident["max_macs_ratio"],
                         max_accuracy_drop=None if ccep else ident["max_accuracy_drop"],
                         encoding="mask" if ccep else None,
-                        objectives=tuple(ident["objectives"]) if ccep else None)
+                        objectives=tuple(ident["objectives"]) if ccep else None,
+                        residual=ident.get("residual"), retrain=retrain, seed=ident["seed"])
 
 
 def _open_run(args: argparse.Namespace) -> tuple[PruningTask, RunDir, dict, bool]:
@@ -124,24 +178,32 @@ def _open_run(args: argparse.Namespace) -> tuple[PruningTask, RunDir, dict, bool
 
 def cmd_search(args: argparse.Namespace) -> int:
     resolve_device(args.device)
-    _resolve_sizes(args)
+    _resolve_defaults(args)
     if args.algorithm == "ccep":
         return _search_ccep(args)
     config = SearchConfig(pop_size=args.pop_size, generations=args.generations, seed=args.seed,
                           algorithm=args.algorithm)
+    algorithm = DeepPruningES(es_config(args)) if args.algorithm == ES else None
     task, run, config_dict, resume = _open_run(args)
+    retrain = _partial(config_dict["identity"], task)
     data = task.load_data(DataRequest(root=args.data_root, seed=args.seed,
                                       eval_images=args.eval_images,
-                                      test_images=args.test_images, download=args.download))
+                                      test_images=args.test_images, download=args.download,
+                                      load_train=retrain is not None,
+                                      train_images=args.train_images))
     setup = make_problem(task, data, device=args.device, mode=args.mode,
                          progress=not args.quiet, max_macs_ratio=args.max_macs_ratio,
-                         max_accuracy_drop=args.max_accuracy_drop)
+                         max_accuracy_drop=args.max_accuracy_drop, residual=args.residual,
+                         retrain=retrain, seed=args.seed)
     if not resume:
         run.create(config_dict)
+    scoring = (f"each candidate retrained {retrain.epochs} epochs on {len(data.train)} "
+               f"training images (lr {retrain.lr}), then scored" if retrain else
+               f"evaluation mode {setup.evaluator.mode}")
     print(f"{task.name}: {setup.space}; {len(data.val)} hold-out images, "
-          f"{len(data.test)} test images; evaluation mode {setup.evaluator.mode} on "
-          f"{setup.evaluator.device}")
-    front = run_search(setup, run, config, resume=resume, progress=not args.quiet)
+          f"{len(data.test)} test images; {scoring} on {setup.evaluator.device}")
+    front = run_search(setup, run, config, resume=resume, progress=not args.quiet,
+                       algorithm=algorithm)
     print(summary_table(run))
     print(f"\n{len(run.candidates())} candidates evaluated, {len(front)} on the front. "
           f"Run directory: {run.path}  (plots in {run.path / 'plots'})")
@@ -198,18 +260,23 @@ def _member_row(name: str, record: dict, baseline: dict) -> dict:
             "params_reduction": 1 - record["params"] / baseline["params"]}
 
 
+ROLE_LABELS = {"heavy": "heavy (most accurate)", "knee": "knee",
+               "light": "light (fewest MACs)"}
+
+
 def summary_table(run: RunDir) -> str:
-    """Baseline vs knee vs the two extremes of the front, as a text table."""
+    """Baseline vs the heavy, knee and light members of the front, as a text table."""
     front, baseline = run.front(), run.baseline()
-    objectives = tuple(run.config()["identity"]["objectives"])
-    knee = pick(front, baseline, PickRule("knee"), objectives)
-    most_accurate = max(front, key=lambda r: (r["val_accuracy"], -r["macs"]))
-    smallest = min(front, key=lambda r: (r["macs"], -r["val_accuracy"]))
-    rows = [_member_row("baseline", {**baseline, "id": None}, baseline),
-            _member_row("knee", knee, baseline),
-            _member_row("most accurate", most_accurate, baseline),
-            _member_row("fewest MACs", smallest, baseline)]
-    return format_table(rows, MEMBER_COLUMNS) + "\n(MACs per image; FLOPs = 2 x MACs)"
+    config = run.config()
+    method, weights = run_knee(config)
+    models = trade_off_models(front, tuple(config["identity"]["objectives"]), method, weights)
+    rows = [_member_row("baseline", {**baseline, "id": None}, baseline)]
+    rows += [_member_row(ROLE_LABELS[role], models[role], baseline)
+             for role in ("heavy", "knee", "light")]
+    note = "(MACs per image; FLOPs = 2 x MACs"
+    if baseline.get("scored_after_retraining"):
+        note += "; accuracies after each candidate's partial retraining"
+    return format_table(rows, MEMBER_COLUMNS) + f"\n{note})"
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -235,7 +302,11 @@ def cmd_pick(args: argparse.Namespace) -> int:
             print(format_table(rows, MEMBER_COLUMNS))
         return 0
     if args.knee:
-        rule = PickRule("knee", knee_method=args.knee_method)
+        method, weights = run_knee(run.config())
+        if args.knee_method is not None:
+            method, weights = args.knee_method, None
+        rule = PickRule("knee", knee_method=method,
+                        knee_weights=args.knee_weights if args.knee_weights else weights)
     elif args.max_macs_ratio is not None:
         rule = PickRule("max_macs_ratio", args.max_macs_ratio)
     else:
@@ -255,22 +326,41 @@ def cmd_pick(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_recipe(args: argparse.Namespace, task: PruningTask) -> FinetuneConfig:
+    if args.recipe == ES:
+        cfg = final_recipe(task.finetune, args.finetune_epochs)
+    else:
+        cfg = dataclasses.replace(task.finetune, epochs=args.finetune_epochs)
+    return cfg if args.lr is None else dataclasses.replace(cfg, lr=args.lr)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
-    record = run.record(args.id)
-    device = args.device or run.config()["device"]
+    config = run.config()
+    if args.elites:
+        run.front()  # an interrupted run fails here, before any data is loaded
+    record = None if args.elites else (
+        resolve_role(run, args.id) if isinstance(args.id, str) else run.record(args.id))
+    device = args.device or config["device"]
     resolve_device(device)
+    seed = config["identity"]["seed"]
     setup = setup_from_run(run, device=device, load_train=args.finetune_epochs > 0,
                            progress=not args.quiet)
-    cfg = setup.task.finetune
-    if args.lr is not None:
-        cfg = dataclasses.replace(cfg, lr=args.lr)
-    model = load_network(run, record["weights_file"]).model if "weights_file" in record else None
+    recipe = _export_recipe(args, setup.task)
+    if args.elites:
+        exported = export_trade_offs(setup, run, args.out, args.finetune_epochs, recipe, seed,
+                                     device, progress=not args.quiet)
+        print(trade_offs_table(exported, run.baseline()))
+        print(f"\nexported heavy, knee and light to {args.out} (elites.md: the table; "
+              f"elites.png: the plot)")
+        return 0
+    assert record is not None
     metrics = export_candidate(setup, record, args.out, finetune_epochs=args.finetune_epochs,
-                               seed=run.config()["identity"]["seed"], device=device,
-                               progress=not args.quiet, finetune_config=cfg, model=model)
+                               seed=seed, device=device, progress=not args.quiet,
+                               finetune_config=recipe,
+                               model=candidate_model(setup, run, record))
     baseline = metrics["baseline"]
-    print(f"exported candidate {args.id} to {args.out}")
+    print(f"exported candidate {record['id']} to {args.out}")
     print(f"  MACs {metrics['macs']:,} ({1 - metrics['macs_ratio']:.1%} fewer than "
           f"{baseline['macs']:,}), params {metrics['params']:,} "
           f"({1 - metrics['params_ratio']:.1%} fewer)")

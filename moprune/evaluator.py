@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -74,6 +75,18 @@ class EvalResult:
 
     accuracy: np.ndarray
     loss: np.ndarray
+
+
+class MaskScorer(Protocol):
+    """What a pruning problem needs from its evaluator (``Evaluator``, ``RetrainingEvaluator``)."""
+
+    model: nn.Module
+    space: PruningSpace
+    stats: EvalStats
+
+    def baseline(self) -> EvalResult: ...
+
+    def evaluate_masks(self, masks: np.ndarray) -> EvalResult: ...
 
 
 @dataclass

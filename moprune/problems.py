@@ -17,7 +17,7 @@ from pymoo.core.problem import Problem
 from moprune.cost import CostModel
 from moprune.criteria import CRITERIA, rank_channels
 from moprune.encoding import MaskEncoding, RatioEncoding
-from moprune.evaluator import Evaluator
+from moprune.evaluator import MaskScorer
 
 OBJECTIVES = ("error", "macs_ratio", "params_ratio")
 
@@ -48,7 +48,7 @@ class PruningProblem(Problem):
 
     """
 
-    def __init__(self, evaluator: Evaluator, encoding: MaskEncoding | RatioEncoding,
+    def __init__(self, evaluator: MaskScorer, encoding: MaskEncoding | RatioEncoding,
                  objectives: Sequence[str], max_macs_ratio: float | None,
                  max_accuracy_drop: float | None, xl: float, xu: float, vtype: type) -> None:
         self.objectives = _check_objectives(objectives)
@@ -133,7 +133,7 @@ class FilterMaskProblem(PruningProblem):
 
     """
 
-    def __init__(self, evaluator: Evaluator, objectives: Sequence[str] = ("error", "macs_ratio"),
+    def __init__(self, evaluator: MaskScorer, objectives: Sequence[str] = ("error", "macs_ratio"),
                  max_macs_ratio: float | None = None, max_accuracy_drop: float | None = None,
                  repair_criterion: str = "l1") -> None:
         space = evaluator.space
@@ -164,7 +164,7 @@ class LayerRatioProblem(PruningProblem):
 
     """
 
-    def __init__(self, evaluator: Evaluator, criterion: str = "l1", max_ratio: float = 0.9,
+    def __init__(self, evaluator: MaskScorer, criterion: str = "l1", max_ratio: float = 0.9,
                  objectives: Sequence[str] = ("error", "macs_ratio"),
                  max_macs_ratio: float | None = None,
                  max_accuracy_drop: float | None = None) -> None:

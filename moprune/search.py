@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,17 +12,19 @@ from tqdm.auto import tqdm
 
 from moprune.algorithms import ALGORITHMS
 from moprune.analysis import (
-    PickRule,
+    ROLES,
     front_records,
     hypervolume_history,
-    pick,
+    plot_elites_history,
     plot_front,
     plot_hypervolume,
     plot_kept_channels,
     plot_rounds,
+    trade_off_models,
 )
 from moprune.evaluator import Evaluator
-from moprune.runs import BASELINE, FRONT, PROGRESS, RunDir, detached_problem
+from moprune.retraining import RetrainingEvaluator
+from moprune.runs import BASELINE, EXTRA_FILES, FRONT, PROGRESS, RunDir, detached_problem
 from moprune.task import SearchSetup
 
 
@@ -50,21 +53,24 @@ class SearchConfig:
         ALGORITHMS.get(self.algorithm)  # unknown names fail here, listing the valid ones
 
 
+ELITES = EXTRA_FILES[1]
+
+
 class _Recorder:
     """Numbers new genomes, tags them with the generation and appends them to the run."""
 
     def __init__(self, run: RunDir, records: list[dict]) -> None:
         self.run = run
         self.records = records
-        self.seen = {r["genome"] for r in records}
+        self.ids = {r["genome"]: r["id"] for r in records}
         self.generation = 0
 
     def __call__(self, batch: list[dict]) -> None:
         new = []
         for r in batch:
-            if r["genome"] in self.seen:
+            if r["genome"] in self.ids:
                 continue
-            self.seen.add(r["genome"])
+            self.ids[r["genome"]] = len(self.records)
             r = {"id": len(self.records), "generation": self.generation, **r}
             self.records.append(r)
             new.append(r)
@@ -72,8 +78,23 @@ class _Recorder:
             self.run.append_candidates(new)
 
 
+def _log_elites(run: RunDir, algorithm: Algorithm, recorder: _Recorder, generation: int) -> None:
+    """Append the generation's elites (algorithms that keep ``elites``, e.g. DeepPruningES)."""
+    elites = getattr(algorithm, "elites", None)
+    if elites is None:
+        return
+    problem = algorithm.problem
+    row: dict = {"generation": generation}
+    for role, x in zip(ROLES, elites.get("X"), strict=True):
+        rid = recorder.ids[problem.genome_key(x)]
+        rec = recorder.records[rid]
+        row[role] = {"id": rid, "val_accuracy": rec["val_accuracy"],
+                     "macs_ratio": rec["macs_ratio"]}
+    run.append_jsonl(ELITES, [row])
+
+
 def run_search(setup: SearchSetup, run: RunDir, config: SearchConfig, resume: bool,
-               progress: bool = True) -> list[dict]:
+               progress: bool = True, algorithm: Algorithm | None = None) -> list[dict]:
     """Run (or resume) a search and write its results into ``run``.
 
     Args:
@@ -82,6 +103,8 @@ def run_search(setup: SearchSetup, run: RunDir, config: SearchConfig, resume: bo
         config: Search settings.
         resume: Continue from the run's checkpoint.
         progress: Show progress bars.
+        algorithm: A configured pymoo algorithm to use instead of the registry's
+            ``config.algorithm`` preset (ignored on resume: the checkpoint's is used).
 
     Returns:
         The final front records (with test accuracy).
@@ -90,12 +113,14 @@ def run_search(setup: SearchSetup, run: RunDir, config: SearchConfig, resume: bo
     problem = setup.problem
     if resume:
         state = run.load_checkpoint()
-        algorithm: Algorithm = state["algorithm"]
+        algorithm = state["algorithm"]
         algorithm.problem = problem
         done = int(state["generation"])
         records = run.truncate_candidates(done)
+        run.filter_jsonl(ELITES, lambda r: r["generation"] <= done)
     else:
-        algorithm = ALGORITHMS.get(config.algorithm)(problem, config.pop_size)
+        if algorithm is None:
+            algorithm = ALGORITHMS.get(config.algorithm)(problem, config.pop_size)
         algorithm.setup(problem, termination=("n_gen", config.generations), seed=config.seed,
                         verbose=False)
         done = 0
@@ -110,6 +135,7 @@ def run_search(setup: SearchSetup, run: RunDir, config: SearchConfig, resume: bo
             recorder.generation = done + 1
             algorithm.next()
             done += 1
+            _log_elites(run, algorithm, recorder, done)
             with detached_problem(algorithm):
                 run.save_checkpoint({"algorithm": algorithm, "generation": done})
             best = max(r["val_accuracy"] for r in records) if records else float("nan")
@@ -145,14 +171,23 @@ def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dic
     objectives = problem.objectives
     front = front_records(records, objectives)
     baseline = dict(problem.baseline)
+    scorer = setup.evaluator
+    retrained = isinstance(scorer, RetrainingEvaluator)
+    plain = scorer.reference if retrained else scorer
     test_eval = Evaluator(setup.task.model, setup.space, setup.data.test,
-                          setup.data.normalization, device=setup.evaluator.device,
-                          mode=setup.evaluator.mode, progress=progress)
+                          setup.data.normalization, device=plain.device, mode=plain.mode,
+                          progress=progress)
     decode = problem.genome_from_key  # type: ignore[attr-defined]
     masks = problem.decode_masks(np.stack([decode(r["genome"]) for r in front]))
-    test = test_eval.evaluate_masks(np.vstack([np.ones((1, masks.shape[1]), bool), masks]))
-    baseline["test_accuracy"] = float(test.accuracy[0])
-    for r, acc in zip(front, test.accuracy[1:]):
+    baseline["test_accuracy"] = float(test_eval.baseline().accuracy[0])
+    if isinstance(scorer, RetrainingEvaluator):
+        # the front's test accuracy after the same (seeded) partial retraining it was scored with
+        test = scorer.evaluate_on(masks, setup.data.test)
+        baseline["retrain"] = dataclasses.asdict(scorer.config)
+    else:
+        test = test_eval.evaluate_masks(masks)
+    baseline["scored_after_retraining"] = retrained
+    for r, acc in zip(front, test.accuracy):
         r["test_accuracy"] = float(acc)
     baseline["test_images"] = len(setup.data.test)
     baseline["val_images"] = len(setup.data.val)
@@ -162,10 +197,21 @@ def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dic
     return front
 
 
+def run_knee(config: dict) -> tuple[str, tuple[float, ...] | None]:
+    """The knee definition of a run (DeepPruningES stores its own; otherwise the default)."""
+    es = config["identity"].get("deeppruninges")
+    if es is None:
+        return "distance", None
+    weights = es.get("knee_weights")
+    return es["knee_method"], None if weights is None else tuple(weights)
+
+
 def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     """Front and hypervolume plots of a run, and kept channels of the knee (or of ``ids``).
 
-    Round-based runs (CCEP) also get ``rounds``: accuracy against MACs reduction per round.
+    The front plot marks the heavy, light and knee members (the run's knee definition).
+    Round-based runs (CCEP) also get ``rounds``: accuracy against MACs reduction per round;
+    runs with an elite log (DeepPruningES) get ``elites``: the three elites per generation.
     """
     front = run.front()
     baseline = run.baseline()
@@ -177,9 +223,11 @@ def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     records = [{**r, "test_accuracy": test[r["id"]]} if r["id"] in test else r
                for r in feasible(candidates, baseline, ident.get("max_macs_ratio"),
                                  ident.get("max_accuracy_drop"))]
-    knee = pick(front, baseline, PickRule("knee"), objectives)
+    method, weights = run_knee(config)
+    models = trade_off_models(front, objectives, method, weights)
+    knee = models["knee"]
     out = run.path / "plots"
-    paths = plot_front(records, baseline, out / "front", picks={"knee": knee},
+    paths = plot_front(records, baseline, out / "front", picks=models,
                        title=config.get("title"))
     history = hypervolume_history(records, objectives, [1.0] * len(objectives), baseline)
     paths += plot_hypervolume(history, out / "hypervolume")
@@ -187,6 +235,9 @@ def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     sizes = [g["size"] for g in baseline["groups"]]
     if all("round" in r for r in records) and records:
         paths += plot_rounds(candidates, baseline, out / "rounds", title=config.get("title"))
+    elites = run.read_jsonl(ELITES)
+    if elites:
+        paths += plot_elites_history(elites, baseline, out / "elites", title=config.get("title"))
     chosen = [("knee", knee)] if ids is None else [(f"id{i}", run.record(i)) for i in ids]
     for label, rec in chosen:
         paths += plot_kept_channels(names, rec["kept"], sizes, out / f"kept_channels_{label}",
@@ -195,4 +246,4 @@ def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     return paths
 
 
-__all__ = ["FRONT", "SearchConfig", "finalize", "run_search", "write_plots"]
+__all__ = ["ELITES", "FRONT", "SearchConfig", "finalize", "run_knee", "run_search", "write_plots"]

@@ -8,6 +8,7 @@ pymoo problem.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import sys
@@ -21,6 +22,7 @@ from torch import nn
 from moprune.encoding import GenomeError
 from moprune.evaluator import Evaluator
 from moprune.problems import FilterMaskProblem, LayerRatioProblem, PruningProblem
+from moprune.retraining import RetrainingEvaluator
 from moprune.space import PruningSpace, SpacePolicy
 from moprune.training import FinetuneConfig
 from moprune.zoo.data import DataBundle, check_num_classes
@@ -180,7 +182,7 @@ class SearchSetup:
     task: PruningTask
     data: DataBundle
     space: PruningSpace
-    evaluator: Evaluator
+    evaluator: Evaluator | RetrainingEvaluator
     problem: PruningProblem
 
 
@@ -188,10 +190,15 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
                  mode: str = "auto", progress: bool = False,
                  max_macs_ratio: float | None = None,
                  max_accuracy_drop: float | None = None, encoding: str | None = None,
-                 objectives: tuple[str, ...] | None = None) -> SearchSetup:
+                 objectives: tuple[str, ...] | None = None, residual: bool | None = None,
+                 retrain: FinetuneConfig | None = None, seed: int = 0) -> SearchSetup:
     """Build space, evaluator (on the hold-out split) and pymoo problem for ``task``.
 
-    ``encoding`` and ``objectives`` override the task's (CCEP always searches masks).
+    ``encoding``, ``objectives`` and ``residual`` (the space policy's residual stages)
+    override the task's (CCEP always searches masks; DeepPruningES uses residual stages).
+    With ``retrain`` (``epochs >= 1``) every candidate is scored after that partial
+    retraining on ``data.train`` (a :class:`~moprune.retraining.RetrainingEvaluator`
+    seeded from ``seed``).
     """
     encoding = encoding or task.encoding
     objectives = objectives or task.objectives
@@ -202,9 +209,17 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
     if tuple(data.input_shape) != tuple(task.input_shape):
         raise ValueError(f"the data's images have shape {tuple(data.input_shape)}, the task "
                          f"expects {tuple(task.input_shape)}; check --data-root")
-    space = PruningSpace.from_model(task.model, task.input_shape, task.policy)
-    evaluator = Evaluator(task.model, space, data.val, data.normalization, device=device,
-                          mode=mode, progress=progress)
+    policy = task.policy if residual is None else dataclasses.replace(task.policy,
+                                                                        residual=residual)
+    space = PruningSpace.from_model(task.model, task.input_shape, policy)
+    evaluator: Evaluator | RetrainingEvaluator
+    if retrain is not None and retrain.epochs > 0:
+        evaluator = RetrainingEvaluator(task.model, space, data.train, data.val,
+                                        data.normalization, retrain, seed=seed, device=device,
+                                        mode=mode, progress=progress)
+    else:
+        evaluator = Evaluator(task.model, space, data.val, data.normalization, device=device,
+                              mode=mode, progress=progress)
     problem: PruningProblem
     if encoding == "mask":
         problem = FilterMaskProblem(evaluator, objectives, max_macs_ratio,

@@ -3,6 +3,8 @@
 from moprune.analysis.front import (
     KNEE_METHODS,
     OBJECTIVES,
+    ROLES,
+    Elites,
     NoPickError,
     PickRule,
     front_records,
@@ -12,18 +14,24 @@ from moprune.analysis.front import (
     non_dominated,
     objective_values,
     pick,
+    select_elites,
+    trade_off_models,
 )
 from moprune.analysis.plots import (
     format_table,
+    plot_elites_history,
     plot_front,
     plot_hypervolume,
     plot_kept_channels,
     plot_rounds,
+    plot_trade_offs,
 )
 
 __all__ = [
     "KNEE_METHODS",
     "OBJECTIVES",
+    "ROLES",
+    "Elites",
     "NoPickError",
     "PickRule",
     "format_table",
@@ -34,8 +42,12 @@ __all__ = [
     "non_dominated",
     "objective_values",
     "pick",
+    "plot_elites_history",
     "plot_front",
     "plot_hypervolume",
     "plot_kept_channels",
     "plot_rounds",
+    "plot_trade_offs",
+    "select_elites",
+    "trade_off_models",
 ]

@@ -230,6 +230,69 @@ def knee_index(
     return fn(F, weights)
 
 
+# --------------------------------------------------------------------------- elites
+
+ROLES = ("heavy", "light", "knee")
+
+
+@dataclass(frozen=True)
+class Elites:
+    """Indices (into the population) of the three elites; they may coincide."""
+
+    heavy: int
+    light: int
+    knee: int
+
+    def indices(self) -> list[int]:
+        return [self.heavy, self.light, self.knee]
+
+
+def _argmin_lex(F: np.ndarray, rows: np.ndarray, primary: int) -> int:
+    """Row with the smallest ``primary`` objective; ties by the others in order, then index."""
+    keys = [rows] + [F[rows, j] for j in reversed(range(F.shape[1])) if j != primary]
+    keys.append(F[rows, primary])
+    return int(rows[np.lexsort(keys)[0]])
+
+
+def select_elites(F: np.ndarray, CV: np.ndarray | None = None, knee_method: str = "distance",
+                  knee_weights: Sequence[float] | None = None, heavy_objective: int = 0,
+                  light_objective: int = 1) -> Elites:
+    """The heavy, light and knee members of the non-dominated set of ``F``.
+
+    Feasible rows (``CV <= 0``) are preferred; when none is feasible, the rows of least
+    constraint violation are used. Of identical rows the first counts.
+
+    Args:
+        F: Objectives ``(n, m)``, minimised, ``m >= 2``.
+        CV: Constraint violation per row (None: all feasible).
+        knee_method: A name in ``KNEE_METHODS``; the knee is computed on the non-dominated
+            set exactly as ``moprune pick --knee`` computes it on a run's front.
+        knee_weights: Weights of the ``"distance"`` knee (None = equal).
+        heavy_objective: Objective column minimised by the heavy elite.
+        light_objective: Objective column minimised by the light elite.
+
+    Returns:
+        Indices into ``F``.
+
+    """
+    F = np.asarray(F, dtype=float)
+    if F.ndim != 2 or F.shape[1] < 2 or len(F) == 0:
+        raise ValueError(f"select_elites needs a non-empty (n, m>=2) objective matrix; got "
+                         f"shape {F.shape}")
+    for name, col in (("heavy_objective", heavy_objective), ("light_objective", light_objective)):
+        if not 0 <= col < F.shape[1]:
+            raise ValueError(f"{name}={col} is not a column of the {F.shape[1]} objectives")
+    rows = np.arange(len(F))
+    if CV is not None:
+        cv = np.asarray(CV, dtype=float).reshape(-1)
+        rows = rows[cv <= 0] if np.any(cv <= 0) else rows[cv == cv.min()]
+    nd = rows[non_dominated(F[rows])]
+    heavy = _argmin_lex(F, nd, heavy_objective)
+    light = _argmin_lex(F, nd, light_objective)
+    knee = int(nd[knee_index(F[nd], knee_method, knee_weights)])
+    return Elites(heavy=heavy, light=light, knee=knee)
+
+
 # --------------------------------------------------------------------------- hypervolume
 
 
@@ -315,12 +378,14 @@ class PickRule:
             below the baseline, as a fraction: 0.01 = 1 point).
         value: The rule's bound (``None`` for ``"knee"``).
         knee_method: Knee method for ``"knee"`` (a name in ``KNEE_METHODS``).
+        knee_weights: Per-objective weights of the ``"distance"`` knee (None = equal).
 
     """
 
     kind: str
     value: float | None = None
     knee_method: str = "distance"
+    knee_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in PICK_KINDS:
@@ -368,7 +433,7 @@ def pick(
     if rule.kind == "knee":
         front = front_records(records, objectives)
         F = objective_values(front, objectives)
-        return front[knee_index(F, rule.knee_method)]
+        return front[knee_index(F, rule.knee_method, rule.knee_weights)]
     if rule.kind == "max_macs_ratio":
         R = float(rule.value)  # type: ignore[arg-type]
         ok = [r for r in records if r["macs_ratio"] <= R]
@@ -391,3 +456,31 @@ def pick(
             "relax --max-accuracy-drop"
         )
     return min(ok, key=lambda r: (r["macs"], -r["val_accuracy"], r.get("id", 0)))
+
+
+def trade_off_models(
+    records: list[dict],
+    objectives: Sequence[str] = DEFAULT_OBJECTIVES,
+    knee_method: str = "distance",
+    knee_weights: Sequence[float] | None = None,
+) -> dict[str, dict]:
+    """The three DeepPruningES models of a set of records: heavy, light and knee.
+
+    Heavy is the most accurate member of the non-dominated set (lowest ``"error"``), light
+    the cheapest (lowest ``"macs_ratio"``; the second objective when MACs is not one), and
+    the knee as :func:`knee_index` defines it - the same rule the strategy applies to its
+    population each generation (:func:`select_elites`) and ``moprune pick --knee`` applies.
+
+    Returns:
+        ``{"heavy": record, "light": record, "knee": record}`` (they may coincide).
+
+    """
+    if not records:
+        raise NoPickError("no candidate records to choose from; run or resume the search first")
+    objectives = tuple(objectives)
+    heavy = objectives.index("error") if "error" in objectives else 0
+    light = objectives.index("macs_ratio") if "macs_ratio" in objectives else (
+        1 if heavy == 0 else 0)
+    F = objective_values(records, objectives)
+    elites = select_elites(F, None, knee_method, knee_weights, heavy, light)
+    return {role: records[getattr(elites, role)] for role in ROLES}

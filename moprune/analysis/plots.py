@@ -174,6 +174,109 @@ def plot_rounds(
     return _save(fig, out_stem)
 
 
+_ROLE_COLORS = {"heavy": "tab:red", "knee": "tab:purple", "light": "tab:green"}
+
+
+def plot_elites_history(
+    elites: list[dict],
+    baseline: dict,
+    out_stem: Path,
+    title: str | None = None,
+) -> list[Path]:
+    """The heavy, light and knee elites of every generation (DeepPruningES's progress).
+
+    Args:
+        elites: One row per generation: ``generation`` and, per role, ``{"id",
+            "val_accuracy", "macs_ratio"}`` (the run's ``elites.jsonl``).
+        baseline: The unpruned model (``val_accuracy``).
+        out_stem: Output path without suffix; ``.png`` and ``.svg`` are written.
+        title: Figure title.
+
+    Returns:
+        The PNG and SVG paths.
+
+    """
+    fig = Figure(figsize=(8.0, 3.8))
+    ax_acc, ax_red = fig.subplots(1, 2)
+    rows = sorted(elites, key=lambda r: r["generation"])
+    gens = [r["generation"] - 1 for r in rows]  # generation 0 = the unpruned population
+    for role, color in _ROLE_COLORS.items():
+        ax_acc.plot(gens, [100 * r[role]["val_accuracy"] for r in rows], "-o", ms=3,
+                    color=color, label=role)
+        ax_red.plot(gens, [_reduction(r[role]) for r in rows], "-o", ms=3, color=color,
+                    label=role)
+    ax_acc.axhline(100 * float(baseline["val_accuracy"]), ls="--", lw=1, color="k", alpha=0.6,
+                   label="baseline")
+    ax_acc.set_ylabel("hold-out accuracy (%)")
+    ax_red.set_ylabel("MACs reduction (%)")
+    for ax in (ax_acc, ax_red):
+        ax.set_xlabel("generation")
+        ax.grid(True, alpha=0.3)
+    ax_acc.legend(loc="best", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_stem)
+
+
+def plot_trade_offs(
+    front: list[dict],
+    baseline: dict,
+    models: dict[str, tuple[dict, dict | None]],
+    out_stem: Path,
+    title: str | None = None,
+) -> list[Path]:
+    """The heavy, knee and light models against the baseline and the whole front.
+
+    Args:
+        front: The run's front records (``val_accuracy``, optional ``test_accuracy``).
+        baseline: The unpruned model (``val_accuracy``, optional ``test_accuracy``).
+        models: ``{role: (record, metrics)}``; ``metrics`` of the exported network (its
+            ``macs_ratio`` and ``test_accuracy``, e.g. after final retraining) or None.
+        out_stem: Output path without suffix; ``.png`` and ``.svg`` are written.
+        title: Figure title.
+
+    Returns:
+        The PNG and SVG paths.
+
+    """
+    fig = Figure(figsize=(7.0, 4.8))
+    ax = fig.add_subplot()
+    front = sorted(front, key=lambda r: r["macs_ratio"])
+    ax.plot([_reduction(r) for r in front], [100 * r["val_accuracy"] for r in front], "-o",
+            ms=3, lw=1.2, color="0.6", label="front (hold-out, search)", zorder=2)
+    tested = [r for r in front if r.get("test_accuracy") is not None]
+    if tested:
+        ax.scatter([_reduction(r) for r in tested], [100 * r["test_accuracy"] for r in tested],
+                   s=14, facecolors="none", edgecolors="0.6", label="front (test, search)",
+                   zorder=2)
+    ax.axhline(100 * float(baseline["val_accuracy"]), ls="--", lw=1, color="k", alpha=0.5)
+    ax.scatter([0.0], [100 * float(baseline["val_accuracy"])], marker="*", s=160, color="k",
+               label="baseline (hold-out)", zorder=4)
+    if baseline.get("test_accuracy") is not None:
+        ax.scatter([0.0], [100 * float(baseline["test_accuracy"])], marker="*", s=160,
+                   facecolors="none", edgecolors="k", label="baseline (test)", zorder=4)
+    for role, (record, metrics) in models.items():
+        color = _ROLE_COLORS.get(role, "tab:blue")
+        x, y = _reduction(record), 100 * record["val_accuracy"]
+        ax.scatter([x], [y], s=70, color=color, edgecolors="k", zorder=5)
+        ax.annotate(f"{role}\n{x:.1f}%, {y:.2f}%", (x, y), xytext=(10, 10),
+                    textcoords="offset points", fontsize=8, color=color)
+        if metrics is not None:
+            xe, ye = _reduction(metrics), 100 * metrics["test_accuracy"]
+            ax.scatter([xe], [ye], s=60, marker="s", color=color, edgecolors="k", zorder=5,
+                       label=f"{role} exported (test)")
+            ax.annotate("", (xe, ye), (x, y),
+                        arrowprops={"arrowstyle": "->", "color": color, "lw": 0.8})
+    ax.set_xlabel("MACs reduction (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left", fontsize=7)
+    if title:
+        ax.set_title(title)
+    return _save(fig, out_stem)
+
+
 def plot_kept_channels(
     group_names: Sequence[str],
     kept: Sequence[int],
@@ -215,14 +318,17 @@ def plot_kept_channels(
     return _save(fig, out_stem)
 
 
-def format_table(rows: list[dict], columns: Sequence[tuple[str, str, str]]) -> str:
-    """Format rows as an aligned plain-text table.
+def format_table(rows: list[dict], columns: Sequence[tuple[str, str, str]],
+                 markdown: bool = False) -> str:
+    """Format rows as an aligned plain-text (or Markdown) table.
 
     Args:
         rows: One dict per row.
         columns: ``(key, header, format_spec)`` per column, e.g. ``("val_accuracy", "val acc",
             ".2%")``; a missing or ``None`` value prints as ``-``. Text is left-aligned,
             numbers right-aligned.
+
+        markdown: Write a Markdown table (``| a | b |``, numbers right-aligned) instead.
 
     Returns:
         Header, a dashed rule and one line per row, joined by newlines (no trailing newline).
@@ -256,6 +362,10 @@ def format_table(rows: list[dict], columns: Sequence[tuple[str, str, str]]) -> s
         ]
         return "  ".join(parts).rstrip()
 
+    if markdown:
+        rule = ["-" * max(3, w - 1) + (":" if num else "-") for w, num in zip(widths, numeric,
+                                                                              strict=True)]
+        return "\n".join("| " + " | ".join(line) + " |" for line in [headers, rule, *cells])
     out = [fmt(headers), "  ".join("-" * w for w in widths)]
     out.extend(fmt(line) for line in cells)
     return "\n".join(out)

@@ -1,0 +1,172 @@
+"""Candidates scored after a short partial retraining (DeepPruningES's objective).
+
+:class:`RetrainingEvaluator` has the :class:`~moprune.evaluator.Evaluator` interface, so
+every pruning problem and algorithm can use it. For each new keep-mask it physically prunes
+the network (Torch-Pruning surgery of a copy already on the device), trains the small
+network for a few epochs on the training part (all images moved to the device once, as
+uint8; batches are augmented and normalised there) and measures it on the hold-out split
+(also on the device). Nothing is read from disk per candidate.
+
+Every candidate's training is seeded from the run's seed and the mask itself, so a genome
+gets the same score whenever and in whatever batch it is evaluated: results are
+reproducible, resumable and cacheable, and the front's test accuracy can be measured later
+on the very weights that were scored (:meth:`RetrainingEvaluator.trained`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from moprune.evaluator import EvalResult, EvalStats, Evaluator, resolve_device
+from moprune.plan import PruningPlan, masks_matrix
+from moprune.space import PruningSpace
+from moprune.surgery import prune_model
+from moprune.training import FinetuneConfig, evaluate_accuracy, finetune
+from moprune.zoo.data import Normalization, Split
+
+
+def partial_recipe(base: FinetuneConfig, epochs: int, lr: float = 1e-3) -> FinetuneConfig:
+    """DeepPruningES's partial retraining: SGD, constant ``lr``, momentum 0.9, Nesterov.
+
+    Published: 3 epochs at learning rate 1e-3. Augmentation, batch size and weight decay
+    come from ``base`` (the task's recipe).
+    """
+    return dataclasses.replace(base, epochs=epochs, lr=lr, momentum=0.9, nesterov=True,
+                               schedule="constant")
+
+
+def final_recipe(base: FinetuneConfig, epochs: int, lr: float = 1e-4) -> FinetuneConfig:
+    """DeepPruningES's final retraining of the returned models: SGD lr 1e-4, Nesterov.
+
+    Published: 200 epochs, momentum 0.9, constant learning rate.
+    """
+    return dataclasses.replace(base, epochs=epochs, lr=lr, momentum=0.9, nesterov=True,
+                               schedule="constant")
+
+
+def _on(split: Split, device: torch.device) -> Split:
+    return Split(split.images.to(device), split.labels.to(device))
+
+
+class RetrainingEvaluator:
+    """Accuracy of plans after a short retraining of each physically pruned candidate.
+
+    Args:
+        model: The full network the space was built from (never modified).
+        space: Its pruning space.
+        train: Training images (uint8) the candidates are retrained on.
+        val: Hold-out images the retrained candidates are scored on.
+        normalization: Mean/std the model expects.
+        config: The retraining recipe (``epochs >= 1``), e.g. :func:`partial_recipe`.
+        seed: Run seed; each candidate's shuffles and augmentation derive from it and the mask.
+        device: ``"cpu"`` or ``"cuda"``.
+        mode: Evaluation mode of the unretrained ``baseline`` (see ``Evaluator``).
+        progress: Show a progress bar over candidates.
+
+    """
+
+    def __init__(self, model: nn.Module, space: PruningSpace, train: Split, val: Split,
+                 normalization: Normalization, config: FinetuneConfig, seed: int,
+                 device: str | torch.device = "cpu", mode: str = "auto",
+                 progress: bool = False) -> None:
+        if config.epochs < 1:
+            raise ValueError(f"partial retraining needs epochs >= 1 (got {config.epochs}); use "
+                             "the plain Evaluator for scoring without retraining")
+        if len(train) == 0:
+            raise ValueError("partial retraining needs training images, but the training split "
+                             "is empty; load the data with load_train=True")
+        self.model = model
+        self.space = space
+        self.config = config
+        self.seed = int(seed)
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.normalization = normalization
+        self.reference = Evaluator(model, space, val, normalization, device=self.device,
+                                   mode=mode)
+        self.mode = "retrain"
+        self.data = val
+        self.stats = EvalStats()
+        self._model = copy.deepcopy(model).to(self.device).eval()
+        self._train = _on(train, self.device)
+        self._val = _on(val, self.device)
+        self._cache: dict[bytes, tuple[float, float]] = {}
+
+    @property
+    def n_images(self) -> int:
+        return len(self.data)
+
+    def baseline(self) -> EvalResult:
+        """Accuracy and loss of the unpruned network as given (not retrained)."""
+        return self.reference.baseline()
+
+    def evaluate(self, plans: list[PruningPlan]) -> EvalResult:
+        """Accuracy and loss of each plan after its retraining."""
+        return self.evaluate_masks(masks_matrix(self.space, plans))
+
+    def candidate_seed(self, mask: np.ndarray) -> int:
+        """The seed of one candidate's retraining: a hash of the run seed and the mask."""
+        key = np.packbits(np.asarray(mask, dtype=bool)).tobytes()
+        digest = hashlib.sha256(self.seed.to_bytes(8, "little", signed=True) + key).digest()
+        return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+    def trained(self, mask: np.ndarray) -> nn.Module:
+        """The candidate of ``mask``, physically pruned and retrained (on the device)."""
+        mask = np.asarray(mask, dtype=bool)
+        pruned = prune_model(self._model, self.space, PruningPlan.from_mask(self.space, mask))
+        gen = torch.Generator().manual_seed(self.candidate_seed(mask))
+        finetune(pruned, self._train, self.normalization, self.config, generator=gen,
+                 device=self.device, progress=False)
+        return pruned.eval()
+
+    def evaluate_masks(self, masks: np.ndarray) -> EvalResult:
+        """Accuracy and loss of each row of a keep-mask matrix, each after retraining."""
+        masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+        if masks.shape[1] != self.space.n_channels:
+            raise ValueError(f"masks must have {self.space.n_channels} columns; got {masks.shape}")
+        keys = [np.packbits(m).tobytes() for m in masks]
+        todo: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            if k in self._cache or k in todo:
+                self.stats.cache_hits += 1
+            else:
+                todo[k] = i
+        bar = tqdm(total=len(todo), desc=f"retrain {self.config.epochs} ep + evaluate",
+                   unit="cand", disable=not self.progress or not todo, leave=False)
+        for k, i in todo.items():
+            acc, loss = evaluate_accuracy(self.trained(masks[i]), self._val, self.normalization,
+                                          device=self.device)
+            self._cache[k] = (acc, loss)
+            self.stats.evaluations += 1
+            self.stats.images += self.n_images + self.config.epochs * len(self._train)
+            bar.update(1)
+        bar.close()
+        return EvalResult(accuracy=np.array([self._cache[k][0] for k in keys]),
+                          loss=np.array([self._cache[k][1] for k in keys]))
+
+    def evaluate_on(self, masks: np.ndarray, split: Split) -> EvalResult:
+        """Accuracy and loss on another split (the test split) of the retrained candidates.
+
+        The candidates are retrained again with their own seeds: on the CPU the weights are
+        the ones that were scored; on CUDA they may differ in the last bits.
+        """
+        masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+        split = _on(split, self.device)
+        acc, loss = [], []
+        for m in tqdm(masks, desc="retrain + test", unit="cand", disable=not self.progress,
+                      leave=False):
+            a, lo = evaluate_accuracy(self.trained(m), split, self.normalization,
+                                      device=self.device)
+            acc.append(a)
+            loss.append(lo)
+        return EvalResult(accuracy=np.array(acc), loss=np.array(loss))
+
+
+__all__ = ["RetrainingEvaluator", "final_recipe", "partial_recipe"]

@@ -1,0 +1,147 @@
+"""The three trade-off models of a run (heavy, knee, light): exported together, compared.
+
+DeepPruningES returns three networks: the most accurate member of the front (*heavy*), the
+cheapest (*light*) and the *knee*. :func:`export_trade_offs` exports the three of any run
+(the knee by the run's definition, see :func:`moprune.search.run_knee`), optionally
+retrains them (the published final recipe is :func:`moprune.retraining.final_recipe`), and
+writes a table and a plot of the three against the baseline and the whole front.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from moprune.analysis import ROLES, format_table, plot_trade_offs, trade_off_models
+from moprune.ccep import load_network
+from moprune.export import export_candidate
+from moprune.retraining import RetrainingEvaluator
+from moprune.runs import RunDir, atomic_write_json
+from moprune.search import run_knee
+from moprune.task import SearchSetup
+from moprune.training import FinetuneConfig
+
+ORDER = ("heavy", "knee", "light")
+TABLE_COLUMNS = (
+    ("model", "model", ""), ("id", "id", "d"), ("macs", "MACs", ",d"),
+    ("macs_reduction", "MACs red.", ".1%"), ("params", "params", ",d"),
+    ("params_reduction", "params red.", ".1%"),
+    ("search_val_accuracy", "hold-out (search)", ".2%"),
+    ("front_test_accuracy", "test (search)", ".2%"),
+    ("val_accuracy", "hold-out (exported)", ".2%"),
+    ("test_accuracy", "test (exported)", ".2%"),
+)
+
+
+def candidate_model(setup: SearchSetup, run: RunDir, record: dict) -> nn.Module | None:
+    """The network a record was scored as, when it is not the full network pruned to its plan.
+
+    A CCEP round's fine-tuned network; or, for runs scored after partial retraining, the
+    candidate pruned and retrained with its own seed (the weights it was scored with).
+    """
+    if "weights_file" in record:
+        return load_network(run, record["weights_file"]).model
+    if isinstance(setup.evaluator, RetrainingEvaluator):
+        genome = setup.problem.genome_from_key(record["genome"])  # type: ignore[attr-defined]
+        return setup.evaluator.trained(setup.problem.decode_masks(genome[None])[0])
+    return None
+
+
+def resolve_role(run: RunDir, role: str) -> dict:
+    """The front member playing ``role`` (heavy, light or knee) in ``run``."""
+    if role not in ROLES:
+        raise ValueError(f"unknown trade-off role {role!r}; valid: {', '.join(ROLES)}")
+    config = run.config()
+    method, weights = run_knee(config)
+    return trade_off_models(run.front(), tuple(config["identity"]["objectives"]), method,
+                            weights)[role]
+
+
+def _row(role: str, record: dict, metrics: dict, baseline: dict) -> dict:
+    return {"model": role, "id": record["id"], "macs": metrics["macs"],
+            "macs_reduction": 1 - metrics["macs"] / baseline["macs"], "params": metrics["params"],
+            "params_reduction": 1 - metrics["params"] / baseline["params"],
+            "search_val_accuracy": record["val_accuracy"],
+            "front_test_accuracy": record.get("test_accuracy"),
+            "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"]}
+
+
+def trade_offs_table(exported: dict[str, dict], baseline: dict, markdown: bool = False) -> str:
+    """Baseline and the exported models: cost, search accuracy and exported accuracy."""
+    rows = [{"model": "baseline", "macs": baseline["macs"], "macs_reduction": 0.0,
+             "params": baseline["params"], "params_reduction": 0.0,
+             "search_val_accuracy": baseline["val_accuracy"],
+             "front_test_accuracy": baseline.get("test_accuracy"),
+             "val_accuracy": baseline["val_accuracy"],
+             "test_accuracy": baseline.get("test_accuracy")}]
+    rows += [_row(role, e["record"], e["metrics"], baseline) for role, e in exported.items()]
+    return format_table(rows, TABLE_COLUMNS, markdown=markdown)
+
+
+def export_trade_offs(setup: SearchSetup, run: RunDir, out_dir: Path, finetune_epochs: int,
+                      recipe: FinetuneConfig, seed: int, device: str | torch.device,
+                      progress: bool = True) -> dict[str, dict]:
+    """Export the heavy, knee and light members of ``run`` into ``out_dir``.
+
+    Writes ``{heavy,knee,light}.pt`` (see :func:`moprune.export.export_candidate`),
+    ``elites.json`` (records and measured metrics), ``elites.md`` (the table) and
+    ``elites.{png,svg}`` (the three against the baseline and the front). A member playing
+    two roles is exported (and retrained) once.
+
+    Returns:
+        ``{role: {"record": ..., "metrics": ...}}`` in the order heavy, knee, light.
+
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = run.config()
+    front = run.front()
+    method, weights = run_knee(config)
+    models = trade_off_models(front, tuple(config["identity"]["objectives"]), method, weights)
+    exported: dict[str, dict] = {}
+    done: dict[int, tuple[Path, dict]] = {}
+    for role in ORDER:
+        record = models[role]
+        path = out_dir / f"{role}.pt"
+        if record["id"] in done:
+            first, metrics = done[record["id"]]
+            shutil.copyfile(first, path)
+        else:
+            if progress:
+                print(f"{role}: candidate {record['id']}")
+            metrics = export_candidate(setup, record, path, finetune_epochs=finetune_epochs,
+                                       seed=seed, device=device, progress=progress,
+                                       finetune_config=recipe,
+                                       model=candidate_model(setup, run, record))
+            done[record["id"]] = (path, metrics)
+        exported[role] = {"record": record, "metrics": metrics}
+    baseline = run.baseline()
+    run_json = {"knee_method": method, "knee_weights": None if weights is None else list(weights),
+                "finetune_epochs": finetune_epochs, "models": exported}
+    atomic_write_json(out_dir / "elites.json", _plain(run_json))
+    table = trade_offs_table(exported, baseline, markdown=True)
+    note = ("Accuracies are fractions of the hold-out split (used for selection) and of the "
+            "test split (reported only). `search`: as scored in the search; `exported`: the "
+            f"saved network after {finetune_epochs} epochs of final retraining.")
+    (out_dir / "elites.md").write_text(f"# Trade-off models of {run.path}\n\n{table}\n\n{note}\n")
+    plot_trade_offs(front, baseline, {r: (e["record"], e["metrics"]) for r, e in exported.items()},
+                    out_dir / "elites", title=config.get("title"))
+    return exported
+
+
+def _plain(obj: object) -> object:
+    """JSON-ready copy (numpy scalars to Python numbers)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+__all__ = ["candidate_model", "export_trade_offs", "resolve_role", "trade_offs_table"]
