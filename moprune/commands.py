@@ -185,6 +185,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                           algorithm=args.algorithm)
     algorithm = DeepPruningES(es_config(args)) if args.algorithm == ES else None
     task, run, config_dict, resume = _open_run(args)
+    n_obj = len(task.objectives)
+    if args.knee_weights is not None and len(args.knee_weights) != n_obj:
+        raise ValueError(f"--knee-weights has {len(args.knee_weights)} values; the problem has "
+                         f"{n_obj} objectives ({', '.join(task.objectives)}): give one each")
     retrain = _partial(config_dict["identity"], task)
     data = task.load_data(DataRequest(root=args.data_root, seed=args.seed,
                                       eval_images=args.eval_images,

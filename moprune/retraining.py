@@ -121,9 +121,14 @@ class RetrainingEvaluator:
         """The candidate of ``mask``, physically pruned and retrained (on the device)."""
         mask = np.asarray(mask, dtype=bool)
         pruned = prune_model(self._model, self.space, PruningPlan.from_mask(self.space, mask))
-        gen = torch.Generator().manual_seed(self.candidate_seed(mask))
-        finetune(pruned, self._train, self.normalization, self.config, generator=gen,
-                 device=self.device, progress=False)
+        seed = self.candidate_seed(mask)
+        gen = torch.Generator().manual_seed(seed)
+        # dropout draws from the global generators: seed them too, and restore them after
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            finetune(pruned, self._train, self.normalization, self.config, generator=gen,
+                     device=self.device, progress=False)
         return pruned.eval()
 
     def evaluate_masks(self, masks: np.ndarray) -> EvalResult:

@@ -78,6 +78,26 @@ class DepthwiseAvgPoolCNN(nn.Module):
         return self.fc(self.flatten(self.gap(x)))
 
 
+class DenseConcatCNN(nn.Module):
+    """DenseNet-style block: each layer reads the concatenation of all earlier outputs."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c1, self.b1 = nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.c2, self.b2 = nn.Conv2d(14, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.trans, self.bt = nn.Conv2d(20, 10, 1, bias=False), nn.BatchNorm2d(10)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(10, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = torch.cat([x, torch.relu(self.b1(self.c1(x)))], 1)
+        x = torch.cat([x, torch.relu(self.b2(self.c2(x)))], 1)
+        x = torch.relu(self.bt(self.trans(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
 def digits_cnn() -> nn.Module:
     return build_model("digits_cnn", num_classes=10)
 
@@ -106,6 +126,7 @@ def tiny_models() -> list[tuple[str, ModelFactory, tuple[int, int, int]]]:
         out.append((name, factory, shape))
     out.append(("flatten_linear_cnn", FlattenLinearCNN, (3, 8, 8)))
     out.append(("depthwise_avgpool_cnn", DepthwiseAvgPoolCNN, (3, 12, 12)))
+    out.append(("dense_concat_cnn", DenseConcatCNN, (3, 8, 8)))
     return out
 
 

@@ -80,3 +80,25 @@ def test_ccep_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
     ratios = [float(m) for m in re.findall(r"MACs ratio ([0-9.]+)", out)]
     assert ratios[0] == 1.0 and ratios[-1] <= 0.75
     assert "keeps" in out
+
+
+def test_deeppruninges_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
+    """The Python example of docs/deeppruninges.md runs and returns three elites."""
+    text = (DOCS / "deeppruninges.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    code = blocks[0].replace('"problems/digits_demo.py"',
+                             repr(str(DOCS.parent / "problems" / "digits_demo.py")))
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(code, "docs/deeppruninges.md", "exec"), {"__name__": "__main__"})
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    for role in ("heavy", "light", "knee"):
+        assert f"{role}: keeps" in out
+    ratios = [float(m) for m in re.findall(r"MACs ratio ([0-9.]+)", out)]
+    assert len(ratios) == 3 and min(ratios) < 1.0
+    assert re.search(r"\{'heavy': \d+, 'light': \d+, 'knee': \d+\}", out)

@@ -103,3 +103,45 @@ def test_resnet20_ccep_two_rounds(cifar_root, torch_home, tmp_path, capsys):
                            verbose=False)
     assert int(macs) == rounds[2]["macs"]
     assert payload["metrics"]["val_accuracy"] == pytest.approx(rounds[2]["val_accuracy"])
+
+
+def test_resnet20_deeppruninges_residual_stages(cifar_root, torch_home, tmp_path, capsys):
+    """DeepPruningES on real data: residual-stage encoding, 3 generations, no retraining."""
+    out = tmp_path / "es"
+    status = main(["search", str(RESNET20), "--data-root", str(cifar_root), "--algorithm",
+                   "deeppruninges", "--pop-size", "8", "--generations", "3",
+                   "--partial-epochs", "0", "--eval-images", str(EVAL_IMAGES),
+                   "--test-images", str(TEST_IMAGES), "--device", "cpu", "--out", str(out),
+                   "--quiet"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "residual=True" in captured.out
+    run = RunDir(out)
+    baseline, candidates, front = run.baseline(), run.candidates(), run.front()
+    residual = [g for g in baseline["groups"] if g["residual"]]
+    assert len(baseline["groups"]) == 12 and len(residual) == 3  # 9 internal + 3 stages
+    elites = run.read_jsonl("elites.jsonl")
+    assert [e["generation"] for e in elites] == [1, 2, 3]
+    assert candidates[0]["macs"] == baseline["macs"]  # generation 0: the unpruned network
+    # 20 % of the bits flip: the mutants drop residual-stage channels too
+    assert any(r["kept"][g] < group["size"] for r in candidates[1:]
+               for g, group in enumerate(baseline["groups"]) if group["residual"])
+
+    models = tmp_path / "models"
+    assert main(["export", str(out), "--elites", "--out", str(models), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "heavy" in table and "knee" in table and "light" in table
+    summary = json.loads((models / "elites.json").read_text())["models"]
+    for role in ("heavy", "knee", "light"):
+        payload = torch.load(models / f"{role}.pt", weights_only=False)
+        record = summary[role]["record"]
+        assert record["id"] in {r["id"] for r in front}
+        macs, _ = thop.profile(copy.deepcopy(payload["model"]), (torch.zeros(1, 3, 32, 32),),
+                               verbose=False)
+        assert int(macs) == record["macs"]
+        # scored without retraining: the exported network measures what the search measured
+        assert payload["metrics"]["val_accuracy"] == pytest.approx(record["val_accuracy"],
+                                                                   abs=1e-9)
+    light = summary["light"]["record"]
+    assert light["macs"] == min(r["macs"] for r in front)
+    assert (models / "elites.png").is_file() and (models / "elites.md").is_file()

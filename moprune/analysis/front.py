@@ -266,7 +266,8 @@ def select_elites(F: np.ndarray, CV: np.ndarray | None = None, knee_method: str 
         F: Objectives ``(n, m)``, minimised, ``m >= 2``.
         CV: Constraint violation per row (None: all feasible).
         knee_method: A name in ``KNEE_METHODS``; the knee is computed on the non-dominated
-            set exactly as ``moprune pick --knee`` computes it on a run's front.
+            set, ordered by the first objective (so ties go to the member best in it), and
+            ``moprune pick --knee`` applies this same function to a run's front.
         knee_weights: Weights of the ``"distance"`` knee (None = equal).
         heavy_objective: Objective column minimised by the heavy elite.
         light_objective: Objective column minimised by the light elite.
@@ -430,10 +431,9 @@ def pick(
     """
     if not records:
         raise NoPickError("no candidate records to pick from; run or resume the search first")
-    if rule.kind == "knee":
-        front = front_records(records, objectives)
-        F = objective_values(front, objectives)
-        return front[knee_index(F, rule.knee_method, rule.knee_weights)]
+    if rule.kind == "knee":  # the same rule (and tie-break) as the heavy/light/knee trio
+        return trade_off_models(records, objectives, rule.knee_method,
+                                rule.knee_weights)["knee"]
     if rule.kind == "max_macs_ratio":
         R = float(rule.value)  # type: ignore[arg-type]
         ok = [r for r in records if r["macs_ratio"] <= R]
