@@ -45,6 +45,7 @@ from benchmark_evaluator import ensure_weights, git_commit, machine_info, prepar
 from moprune.analysis import format_table
 from moprune.cli import main as moprune
 from moprune.runs import RunDir
+from moprune.tradeoffs import resolve_role
 
 REPO = Path(__file__).resolve().parents[1]
 # ResNet-56 / CIFAR-10 anchors (project METHODS.md): (method, accuracy change, FLOPs removed %)
@@ -62,6 +63,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pop-size", type=int, default=12)
     p.add_argument("--generations", type=int, default=6)
     p.add_argument("--partial-epochs", type=int, default=0)
+    p.add_argument("--mutation-rate", type=float, default=0.2)
     p.add_argument("--train-images", type=int, default=None,
                    help="training images of the partial and final retraining (default: all)")
     p.add_argument("--eval-images", type=int, default=256)
@@ -79,6 +81,7 @@ def search_argv(args: argparse.Namespace, root: Path) -> list[str]:
     argv = ["search", str(REPO / "problems" / "resnet56_cifar10.py"), "--data-root", str(root),
             "--algorithm", "deeppruninges", "--pop-size", str(args.pop_size), "--generations",
             str(args.generations), "--partial-epochs", str(args.partial_epochs),
+            "--mutation-rate", str(args.mutation_rate),
             "--eval-images", str(args.eval_images), "--device", args.device, "--seed",
             str(args.seed), "--out", str(args.out)]
     if args.train_images:
@@ -99,11 +102,15 @@ def export_argv(args: argparse.Namespace) -> list[str]:
 
 
 def _exported(args: argparse.Namespace) -> dict | None:
+    """The export's summary, if it exists for this budget and the run's current three models."""
     path = args.out / "elites" / "elites.json"
     if not path.exists():
         return None
     summary = json.loads(path.read_text())
-    return summary if summary["finetune_epochs"] == args.final_epochs else None
+    current = {role: resolve_role(RunDir(args.out), role)["id"] for role in ROLES}
+    exported = {role: summary["models"][role]["record"]["id"] for role in ROLES}
+    return summary if (summary["finetune_epochs"] == args.final_epochs
+                       and exported == current) else None
 
 
 def report(args: argparse.Namespace, run: RunDir, summary: dict, seconds: float) -> str:
@@ -187,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_weights()
     root = prepare_data(args.data_root)
     start = time.perf_counter()
-    status = moprune(search_argv(args, root))
+    # a finished search is not resumed again (that would repeat the front's test retraining)
+    status = 0 if (args.out / "front.json").exists() else moprune(search_argv(args, root))
     if status != 0 or not (args.out / "front.json").exists():
         print("the search did not finish; run the same command again to resume it")
         return status or 1

@@ -111,9 +111,10 @@ def _add_es_args(p: argparse.ArgumentParser) -> None:
                    help="partial retraining of every candidate before it is scored, in epochs "
                         "on the training part (default: 3 for deeppruninges, 0 = none "
                         "otherwise; not for ccep)")
-    g.add_argument("--partial-lr", type=float, default=1e-3,
+    g.add_argument("--partial-lr", type=float, default=None,
                    help="learning rate of the partial retraining (SGD, momentum 0.9, Nesterov, "
-                        "constant; default: 1e-3)")
+                        "constant; default: 1e-3); the problem's batch size, weight decay and "
+                        "augmentation")
     g.add_argument("--knee-method", default="distance", help=KNEE_HELP + " (default: distance)")
     g.add_argument("--knee-weights", type=_weights, default=None, help=WEIGHTS_HELP)
     g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
@@ -143,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test images for reporting the front's accuracy (default: all); the "
                         "test split is never used for selection")
     p.add_argument("--train-images", type=_positive, default=None,
-                   help="fine-tune on a seeded random part of the training part only (default: "
-                        "all of it); for reduced budgets (ccep, and `export` of the run)")
+                   help="train on a seeded random part of the training part only (default: "
+                        "all of it); for reduced budgets: ccep's fine-tuning, the partial "
+                        "retraining, and `export` of the run")
     p.add_argument("--pop-size", type=_positive, default=None,
                    help="population size (default: 40 for nsga2, 30 for deeppruninges; for "
                         "ccep the population of each group, default 5)")
@@ -223,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of fine-tuning on the training part (default: 0; published "
                         "DeepPruningES: 200 with --recipe deeppruninges)")
     p.add_argument("--recipe", choices=("task", "deeppruninges"), default="task",
-                   help="task: the problem file's recipe (SGD, cosine); deeppruninges: SGD lr "
-                        "1e-4, momentum 0.9, Nesterov, constant (default: task)")
+                   help="task: the problem file's recipe; deeppruninges: SGD lr 1e-4, momentum "
+                        "0.9, Nesterov, constant (default: task)")
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate "
                    "(default: the recipe's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")

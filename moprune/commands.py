@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -89,16 +90,21 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
     if algo == "ccep" and args.partial_epochs > 0:
         raise ValueError("--partial-epochs does not apply to ccep (it fine-tunes after every "
                          "round instead: --finetune-epochs)")
-    if algo == "ccep" and args.residual:
-        raise ValueError("ccep prunes internal groups only; drop --residual")
+    if algo == "ccep" and args.residual is not None:
+        raise ValueError("ccep searches the problem file's pruning space (its policy decides "
+                         "about residual stages); drop --residual / --no-residual")
     if args.residual is None and algo == ES:
         args.residual = True
     if algo != ES and (args.knee_weights is not None or args.knee_method != "distance"):
         raise ValueError(f"--knee-method and --knee-weights choose DeepPruningES's elites; "
                          f"for --algorithm {algo} choose the knee afterwards with `moprune pick "
                          "RUN --knee --knee-method M`")
-    if not (args.partial_lr > 0):
-        raise ValueError(f"--partial-lr must be > 0; got {args.partial_lr}")
+    if args.partial_lr is not None and args.partial_epochs == 0:
+        raise ValueError("--partial-lr needs --partial-epochs > 0 (there is no partial "
+                         "retraining to apply it to)")
+    args.partial_lr = 1e-3 if args.partial_lr is None else args.partial_lr
+    if not math.isfinite(args.partial_lr) or args.partial_lr <= 0:
+        raise ValueError(f"--partial-lr must be a finite number > 0; got {args.partial_lr}")
 
 
 def _partial(identity: dict, task: PruningTask) -> FinetuneConfig | None:
@@ -146,10 +152,14 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
     cfg = run.config()
     ident = cfg["identity"]
     ccep = ident.get("algorithm") == "ccep"
+    masks_only = ccep or ident.get("algorithm") == ES
     problem = Path(ident["problem"])
     if problem.is_file() and file_sha256(problem) != ident["problem_sha256"]:
         print(f"warning: {problem} changed since the run was made; results may differ")
     weights = Path(ident["weights"]) if ident["weights"] else None
+    if weights is not None and weights.is_file() and \
+            file_sha256(weights) != ident.get("weights_sha256"):
+        print(f"warning: {weights} changed since the run was made; results may differ")
     task = load_problem_file(problem, TaskOptions(weights=weights))
     retrain = _partial(ident, task)
     data = task.load_data(DataRequest(
@@ -160,7 +170,7 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
     return make_problem(task, data, device=device or cfg["device"], mode=cfg["mode"],
                         progress=progress, max_macs_ratio=ident["max_macs_ratio"],
                         max_accuracy_drop=None if ccep else ident["max_accuracy_drop"],
-                        encoding="mask" if ccep else None,
+                        encoding="mask" if masks_only else None,
                         objectives=tuple(ident["objectives"]) if ccep else None,
                         residual=ident.get("residual"), retrain=retrain, seed=ident["seed"])
 
@@ -186,6 +196,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     algorithm = DeepPruningES(es_config(args)) if args.algorithm == ES else None
     task, run, config_dict, resume = _open_run(args)
     n_obj = len(task.objectives)
+    if args.algorithm == ES and n_obj < 2:
+        raise ValueError(f"DeepPruningES needs two or more objectives (error and MACs); the "
+                         f"problem file has {list(task.objectives)}")
     if args.knee_weights is not None and len(args.knee_weights) != n_obj:
         raise ValueError(f"--knee-weights has {len(args.knee_weights)} values; the problem has "
                          f"{n_obj} objectives ({', '.join(task.objectives)}): give one each")
@@ -198,7 +211,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     setup = make_problem(task, data, device=args.device, mode=args.mode,
                          progress=not args.quiet, max_macs_ratio=args.max_macs_ratio,
                          max_accuracy_drop=args.max_accuracy_drop, residual=args.residual,
-                         retrain=retrain, seed=args.seed)
+                         retrain=retrain, seed=args.seed,
+                         encoding="mask" if args.algorithm == ES else None)
     if not resume:
         run.create(config_dict)
     scoring = (f"each candidate retrained {retrain.epochs} epochs on {len(data.train)} "
@@ -265,7 +279,7 @@ def _member_row(name: str, record: dict, baseline: dict) -> dict:
 
 
 ROLE_LABELS = {"heavy": "heavy (most accurate)", "knee": "knee",
-               "light": "light (fewest MACs)"}
+               "light": "light (cheapest)"}
 
 
 def summary_table(run: RunDir) -> str:
@@ -295,6 +309,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_pick(args: argparse.Namespace) -> int:
     from moprune.cli import print_json
 
+    if not args.knee and (args.knee_method is not None or args.knee_weights is not None):
+        raise ValueError("--knee-method and --knee-weights define the knee: use them with --knee")
     run = RunDir(args.run)
     front, baseline = run.front(), run.baseline()
     objectives = tuple(run.config()["identity"]["objectives"])
@@ -307,10 +323,9 @@ def cmd_pick(args: argparse.Namespace) -> int:
         return 0
     if args.knee:
         method, weights = run_knee(run.config())
-        if args.knee_method is not None:
-            method, weights = args.knee_method, None
-        rule = PickRule("knee", knee_method=method,
-                        knee_weights=args.knee_weights if args.knee_weights else weights)
+        if args.knee_method is not None or args.knee_weights is not None:
+            method, weights = args.knee_method or "distance", args.knee_weights
+        rule = PickRule("knee", knee_method=method, knee_weights=weights)
     elif args.max_macs_ratio is not None:
         rule = PickRule("max_macs_ratio", args.max_macs_ratio)
     else:
@@ -341,7 +356,13 @@ def _export_recipe(args: argparse.Namespace, task: PruningTask) -> FinetuneConfi
 def cmd_export(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
     config = run.config()
+    if args.recipe == ES and args.finetune_epochs == 0:
+        raise ValueError("--recipe deeppruninges is a fine-tuning recipe: give --finetune-epochs "
+                         "N > 0 (published: 200)")
     if args.elites:
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--elites writes three models and a table into a folder; "
+                             f"{str(args.out)!r} is a file: pass a folder")
         run.front()  # an interrupted run fails here, before any data is loaded
     record = None if args.elites else (
         resolve_role(run, args.id) if isinstance(args.id, str) else run.record(args.id))

@@ -23,7 +23,14 @@ import numpy as np
 from pymoo.core.algorithm import Algorithm
 from pymoo.core.population import Population
 
-from moprune.analysis.front import KNEE_METHODS, ROLES, Elites, non_dominated, select_elites
+from moprune.analysis.front import (
+    KNEE_METHODS,
+    ROLES,
+    Elites,
+    non_dominated,
+    role_columns,
+    select_elites,
+)
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,10 @@ class DeepPruningESConfig:
         knee_method: Knee definition, a name in ``moprune.analysis.KNEE_METHODS``.
         knee_weights: Per-objective weights of the ``"distance"`` knee (None = equal: the
             minimum Manhattan distance; the authors' later code uses (2/3, 1/3)).
-        heavy_objective: Column of the objective whose minimum is the heavy elite (error).
-        light_objective: Column of the objective whose minimum is the light elite (MACs).
+        heavy_objective: Column of the objective whose minimum is the heavy elite (None: the
+            problem's ``"error"`` objective, else column 0).
+        light_objective: Column of the objective whose minimum is the light elite (None: the
+            problem's ``"macs_ratio"`` objective, else the first other column).
 
     """
 
@@ -45,8 +54,8 @@ class DeepPruningESConfig:
     mutation_rate: float = 0.2
     knee_method: str = "distance"
     knee_weights: tuple[float, ...] | None = None
-    heavy_objective: int = 0
-    light_objective: int = 1
+    heavy_objective: int | None = None
+    light_objective: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.pop_size, bool) or not isinstance(self.pop_size, int) \
@@ -63,7 +72,7 @@ class DeepPruningESConfig:
                 raise ValueError(f"knee_weights must be finite non-negative numbers, not all "
                                  f"zero, one per objective; got {self.knee_weights!r}")
             object.__setattr__(self, "knee_weights", tuple(float(v) for v in w))
-        if self.heavy_objective == self.light_objective:
+        if self.heavy_objective is not None and self.heavy_objective == self.light_objective:
             raise ValueError("heavy_objective and light_objective must be different columns")
 
     def to_dict(self) -> dict:
@@ -96,6 +105,7 @@ class DeepPruningES(Algorithm):
         self.config = config or DeepPruningESConfig()
         self.elites: Population | None = None
         self.elite_roles: Elites | None = None
+        self.columns: tuple[int, int] = (0, 1)  # heavy's and light's objective (set in setup)
 
     def _setup(self, problem, **kwargs):
         binary = problem.vtype is bool or (np.all(problem.xl == 0) and np.all(problem.xu == 1))
@@ -103,10 +113,18 @@ class DeepPruningES(Algorithm):
             raise TypeError(f"DeepPruningES needs a binary problem with >= 2 objectives (e.g. "
                             f"FilterMaskProblem); got {type(problem).__name__} with vtype "
                             f"{problem.vtype}, {problem.n_obj} objective(s)")
-        for col in (self.config.heavy_objective, self.config.light_objective):
-            if col >= problem.n_obj:
+        names = getattr(problem, "objectives", None) or [str(j) for j in range(problem.n_obj)]
+        heavy, light = role_columns(names)
+        cfg = self.config
+        self.columns = (heavy if cfg.heavy_objective is None else cfg.heavy_objective,
+                        light if cfg.light_objective is None else cfg.light_objective)
+        for col in self.columns:
+            if not 0 <= col < problem.n_obj:
                 raise ValueError(f"objective column {col} does not exist: the problem has "
                                  f"{problem.n_obj} objectives")
+        if self.columns[0] == self.columns[1]:
+            raise ValueError(f"the heavy and light elites need two different objective columns; "
+                             f"got {self.columns}")
         w = self.config.knee_weights
         if w is not None and len(w) != problem.n_obj:
             raise ValueError(f"knee_weights has {len(w)} values; the problem has {problem.n_obj} "
@@ -144,7 +162,7 @@ class DeepPruningES(Algorithm):
     def _select(self, pop: Population) -> None:
         cfg = self.config
         roles = select_elites(pop.get("F"), pop.get("CV"), cfg.knee_method, cfg.knee_weights,
-                              cfg.heavy_objective, cfg.light_objective)
+                              *self.columns)
         self.pop = pop
         self.elite_roles = roles
         self.elites = Population.create(*[pop[i].copy() for i in roles.indices()])

@@ -61,6 +61,7 @@ class EvalStats:
     evaluations: int = 0
     cache_hits: int = 0
     images: int = 0
+    diverged: int = 0
 
 
 @dataclass(frozen=True)

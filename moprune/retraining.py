@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import math
+import warnings
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from moprune.evaluator import EvalResult, EvalStats, Evaluator, resolve_device
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.space import PruningSpace
 from moprune.surgery import prune_model
-from moprune.training import FinetuneConfig, evaluate_accuracy, finetune
+from moprune.training import FinetuneConfig, NonFiniteError, evaluate_accuracy, finetune
 from moprune.zoo.data import Normalization, Split
 
 
@@ -131,8 +133,25 @@ class RetrainingEvaluator:
                      device=self.device, progress=False)
         return pruned.eval()
 
+    def _score(self, mask: np.ndarray, split: Split) -> tuple[float, float]:
+        """Retrain and measure one candidate; a diverged retraining scores 0 (loss inf)."""
+        try:
+            return evaluate_accuracy(self.trained(mask), split, self.normalization,
+                                     device=self.device)
+        except NonFiniteError as exc:
+            self.stats.diverged += 1
+            warnings.warn(f"a candidate's partial retraining diverged ({exc}); it scores "
+                          "accuracy 0. Lower the partial learning rate if this repeats.",
+                          RuntimeWarning, stacklevel=3)
+            return 0.0, math.inf
+
     def evaluate_masks(self, masks: np.ndarray) -> EvalResult:
-        """Accuracy and loss of each row of a keep-mask matrix, each after retraining."""
+        """Accuracy and loss of each row of a keep-mask matrix, each after retraining.
+
+        A candidate whose retraining diverges (NaN or infinite loss) scores accuracy 0 and loss
+        inf, with a warning (``stats.diverged`` counts them), so one bad candidate never stops
+        a search.
+        """
         masks = np.atleast_2d(np.asarray(masks, dtype=bool))
         if masks.shape[1] != self.space.n_channels:
             raise ValueError(f"masks must have {self.space.n_channels} columns; got {masks.shape}")
@@ -146,8 +165,7 @@ class RetrainingEvaluator:
         bar = tqdm(total=len(todo), desc=f"retrain {self.config.epochs} ep + evaluate",
                    unit="cand", disable=not self.progress or not todo, leave=False)
         for k, i in todo.items():
-            acc, loss = evaluate_accuracy(self.trained(masks[i]), self._val, self.normalization,
-                                          device=self.device)
+            acc, loss = self._score(masks[i], self._val)
             self._cache[k] = (acc, loss)
             self.stats.evaluations += 1
             self.stats.images += self.n_images + self.config.epochs * len(self._train)
@@ -167,8 +185,7 @@ class RetrainingEvaluator:
         acc, loss = [], []
         for m in tqdm(masks, desc="retrain + test", unit="cand", disable=not self.progress,
                       leave=False):
-            a, lo = evaluate_accuracy(self.trained(m), split, self.normalization,
-                                      device=self.device)
+            a, lo = self._score(m, split)
             acc.append(a)
             loss.append(lo)
         return EvalResult(accuracy=np.array(acc), loss=np.array(loss))

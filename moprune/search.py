@@ -117,7 +117,8 @@ def run_search(setup: SearchSetup, run: RunDir, config: SearchConfig, resume: bo
         algorithm.problem = problem
         done = int(state["generation"])
         records = run.truncate_candidates(done)
-        run.filter_jsonl(ELITES, lambda r: r["generation"] <= done)
+        if (run.path / ELITES).exists():
+            run.filter_jsonl(ELITES, lambda r: r["generation"] <= done)
     else:
         if algorithm is None:
             algorithm = ALGORITHMS.get(config.algorithm)(problem, config.pop_size)

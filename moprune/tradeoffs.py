@@ -124,9 +124,11 @@ def export_trade_offs(setup: SearchSetup, run: RunDir, out_dir: Path, finetune_e
                 "finetune_epochs": finetune_epochs, "models": exported}
     atomic_write_json(out_dir / "elites.json", _plain(run_json))
     table = trade_offs_table(exported, baseline, markdown=True)
-    note = ("Accuracies are fractions of the hold-out split (used for selection) and of the "
-            "test split (reported only). `search`: as scored in the search; `exported`: the "
-            f"saved network after {finetune_epochs} epochs of final retraining.")
+    retrained = (f"after {finetune_epochs} epoch(s) of final retraining (lr {recipe.lr}, "
+                 f"{recipe.schedule} schedule)" if finetune_epochs else "without retraining")
+    note = ("Accuracies on the hold-out split (used for selection) and on the test split "
+            "(reported only). `search`: as scored in the search; `exported`: the saved network "
+            f"{retrained}. The unpruned network is the baseline, not one of the models.")
     (out_dir / "elites.md").write_text(f"# Trade-off models of {run.path}\n\n{table}\n\n{note}\n")
     plot_trade_offs(front, baseline, {r: (e["record"], e["metrics"]) for r, e in exported.items()},
                     out_dir / "elites", title=config.get("title"))

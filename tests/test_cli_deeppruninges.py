@@ -43,8 +43,8 @@ def test_search_records_the_method_settings(es_run):
     assert ident["algorithm"] == "deeppruninges"
     assert ident["pop_size"] == 6 and ident["generations"] == 3
     assert ident["deeppruninges"] == {"pop_size": 6, "mutation_rate": 0.2, "knee_method": "line",
-                                      "knee_weights": None, "heavy_objective": 0,
-                                      "light_objective": 1}
+                                      "knee_weights": None, "heavy_objective": None,
+                                      "light_objective": None}
     assert ident["partial"] == {"epochs": 1, "lr": 1e-3}
     assert ident["residual"] is True
     baseline = RunDir(es_run).baseline()
@@ -135,7 +135,10 @@ def test_resume_with_other_partial_training_is_refused(es_run, capsys):
 @pytest.mark.parametrize(("extra", "message"), [
     (["--algorithm", "nsga2", "--mutation-rate", "0.3"], "--mutation-rate is an option of"),
     (["--algorithm", "ccep", "--partial-epochs", "1"], "--partial-epochs does not apply"),
-    (["--algorithm", "ccep", "--residual"], "internal groups only"),
+    (["--algorithm", "ccep", "--residual"], "drop --residual / --no-residual"),
+    (["--algorithm", "ccep", "--no-residual"], "drop --residual / --no-residual"),
+    (["--algorithm", "nsga2", "--partial-lr", "0.01"], "--partial-lr needs --partial-epochs"),
+    (["--algorithm", "deeppruninges", "--partial-lr", "inf"], "--partial-lr must be a finite"),
     (["--algorithm", "nsga2", "--knee-method", "line"], "choose DeepPruningES's elites"),
     (["--algorithm", "deeppruninges", "--pop-size", "3"], "pop_size >= 4"),
     (["--algorithm", "deeppruninges", "--knee-method", "nope"], "knee method"),
@@ -158,6 +161,32 @@ def test_bad_knee_weights_are_refused_by_the_parser(argv, tmp_path, capsys):
         main(["search", str(DIGITS), "--out", str(tmp_path / "x"), *argv])
     assert exc.value.code == 2
     assert "weights" in capsys.readouterr().err
+
+
+def test_pick_knee_options_need_knee(es_run, capsys):
+    status, out, err = run_main(["pick", str(es_run), "--list", "--knee-method", "line"], capsys)
+    assert status == 2 and "use them with --knee" in err
+
+
+def test_export_refuses_a_recipe_without_epochs_and_a_file_as_folder(es_run, tmp_path, capsys):
+    status, out, err = run_main(["export", str(es_run), "--id", "knee", "--out",
+                                 str(tmp_path / "k.pt"), "--recipe", "deeppruninges"], capsys)
+    assert status == 2 and "--finetune-epochs N > 0" in err
+    existing = tmp_path / "file.pt"
+    existing.write_bytes(b"x")
+    status, out, err = run_main(["export", str(es_run), "--elites", "--out", str(existing)],
+                                capsys)
+    assert status == 2 and "is a file: pass a folder" in err
+
+
+def test_diverging_partial_retraining_scores_zero_and_the_search_finishes(
+        digits_weights, tmp_path, capsys):
+    out = tmp_path / "diverge"
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        status = main(es_args(out, digits_weights, "--partial-lr", "1e6", "--generations", "2"))
+    assert status == 0, capsys.readouterr().err
+    records = RunDir(out).candidates()
+    assert any(r["val_accuracy"] == 0.0 for r in records)
 
 
 def test_export_id_must_be_a_number_or_a_role(es_run, tmp_path, capsys):

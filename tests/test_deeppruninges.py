@@ -340,8 +340,8 @@ def test_config_knee_method_and_defaults() -> None:
     cfg = DeepPruningESConfig(knee_weights=[2, 1])
     assert cfg.knee_weights == (2.0, 1.0)
     assert cfg.to_dict() == {"pop_size": 30, "mutation_rate": 0.2, "knee_method": "distance",
-                             "knee_weights": [2.0, 1.0], "heavy_objective": 0,
-                             "light_objective": 1}
+                             "knee_weights": [2.0, 1.0], "heavy_objective": None,
+                             "light_objective": None}
 
 
 # =============================================================================================
@@ -697,6 +697,35 @@ def test_residual_stages_on_a_resnet() -> None:
         assert len(readers) >= 2, space.groups[g].name
 
 
+@pytest.mark.parametrize("model_id", ["flatten_linear_cnn", "dense_concat_cnn",
+                                      "depthwise_avgpool_cnn", "tv:resnet18"])
+def test_elites_of_plain_dense_and_torchvision_models_prune_exactly(model_id) -> None:
+    """Plain, DenseNet-style (concatenation) and torchvision models, residual policy on."""
+    model, space, shape = model_and_space(model_id, True)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, *shape), dtype=torch.uint8, generator=g)
+    n_classes = int(model(torch.zeros(1, *shape)).shape[1])
+    split = Split(images, torch.randint(0, n_classes, (8,), generator=g))
+    norm = Normalization((0.5,) * shape[0], (0.25,) * shape[0])
+    problem = FilterMaskProblem(Evaluator(model, space, split, norm, device="cpu",
+                                          mode="slice"))
+    alg = DeepPruningES(DeepPruningESConfig(pop_size=5))
+    alg.setup(problem, termination=("n_gen", 3), seed=0, verbose=False)
+    while alg.has_next():
+        alg.next()
+    masks = problem.decode_masks(alg.elites.get("X"))
+    assert np.any(~problem.decode_masks(alg.pop.get("X")))  # something was pruned
+    x = norm.apply(images[:2])
+    sliced = SlicedModel(model, space)
+    for mask, f in zip(masks, alg.elites.get("F"), strict=True):
+        net = prune_model(model, space, PruningPlan.from_mask(space, mask))
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), sliced.forward(x, torch.as_tensor(mask)),
+                                       rtol=0, atol=1e-4)
+        macs = problem.cost_model.cost_of_masks(mask[None]).macs[0]
+        assert f[1] == pytest.approx(macs / problem.baseline["macs"])
+
+
 # =============================================================================================
 # through the run machinery: elites.jsonl, resume
 # =============================================================================================
@@ -840,3 +869,36 @@ def test_resume_equals_an_uninterrupted_run(es_run, digits_weights, tmp_path, mo
     run_search(search_setup(digits_weights), run, SEARCH, resume=True, progress=False)
     assert results(run) == results(reference)
     assert run.load_checkpoint()["generation"] == SEARCH.generations
+
+
+# =============================================================================================
+# objective order, single objective, the unpruned network
+# =============================================================================================
+
+
+def test_elite_roles_follow_objective_names_not_positions() -> None:
+    """With objectives listed as (MACs, error), heavy is still the most accurate elite."""
+    model, space, val, norm = digits_eval_setup()
+    problem = FilterMaskProblem(Evaluator(model, space, val, norm),
+                                objectives=("macs_ratio", "error"))
+    alg = DeepPruningES(DeepPruningESConfig(pop_size=8))
+    alg.setup(problem, termination=("n_gen", 3), seed=0, verbose=False)
+    while alg.has_next():
+        alg.next()
+    assert alg.columns == (1, 0)
+    F = alg.pop.get("F")
+    heavy, light, _ = alg.elites.get("F")
+    assert heavy[1] == F[:, 1].min()  # lowest error
+    assert light[0] == F[:, 0].min()  # lowest MACs
+
+
+def test_trade_off_models_single_objective_and_unpruned() -> None:
+    records = [{"id": 0, "val_accuracy": 0.9, "macs_ratio": 1.0},
+               {"id": 1, "val_accuracy": 0.8, "macs_ratio": 0.7},
+               {"id": 2, "val_accuracy": 0.6, "macs_ratio": 0.4}]
+    models = trade_off_models(records, objectives=("error",))
+    assert {r["id"] for r in models.values()} == {1}  # the best pruned record, all roles
+    models = trade_off_models(records)
+    assert models["heavy"]["id"] == 1 and models["light"]["id"] == 2  # unpruned left out
+    only_unpruned = trade_off_models(records[:1])
+    assert all(r["id"] == 0 for r in only_unpruned.values())

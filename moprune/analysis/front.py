@@ -458,6 +458,24 @@ def pick(
     return min(ok, key=lambda r: (r["macs"], -r["val_accuracy"], r.get("id", 0)))
 
 
+def role_columns(objectives: Sequence[str]) -> tuple[int, int]:
+    """Objective columns of the heavy and light roles: ``"error"`` and ``"macs_ratio"``.
+
+    Without ``"error"`` the first column is heavy's; without ``"macs_ratio"`` light takes the
+    first other column. A single objective gives ``(0, 0)``.
+    """
+    objectives = tuple(objectives)
+    heavy = objectives.index("error") if "error" in objectives else 0
+    if "macs_ratio" in objectives and objectives.index("macs_ratio") != heavy:
+        return heavy, objectives.index("macs_ratio")
+    others = [j for j in range(len(objectives)) if j != heavy]
+    return heavy, others[0] if others else heavy
+
+
+def _is_unpruned(record: dict) -> bool:
+    return float(record.get("macs_ratio", 0.0)) >= 1.0
+
+
 def trade_off_models(
     records: list[dict],
     objectives: Sequence[str] = DEFAULT_OBJECTIVES,
@@ -468,8 +486,11 @@ def trade_off_models(
 
     Heavy is the most accurate member of the non-dominated set (lowest ``"error"``), light
     the cheapest (lowest ``"macs_ratio"``; the second objective when MACs is not one), and
-    the knee as :func:`knee_index` defines it - the same rule the strategy applies to its
-    population each generation (:func:`select_elites`) and ``moprune pick --knee`` applies.
+    the knee as :func:`knee_index` defines it - the rule the strategy applies to its
+    population each generation (:func:`select_elites`); ``moprune pick --knee`` uses this
+    function. The unpruned network (``macs_ratio >= 1``) is the baseline, not a returned
+    model: it is left out whenever any pruned record exists. With a single objective all
+    three are its best record.
 
     Returns:
         ``{"heavy": record, "light": record, "knee": record}`` (they may coincide).
@@ -477,10 +498,13 @@ def trade_off_models(
     """
     if not records:
         raise NoPickError("no candidate records to choose from; run or resume the search first")
+    pruned = [r for r in records if not _is_unpruned(r)]
+    records = pruned or records
     objectives = tuple(objectives)
-    heavy = objectives.index("error") if "error" in objectives else 0
-    light = objectives.index("macs_ratio") if "macs_ratio" in objectives else (
-        1 if heavy == 0 else 0)
     F = objective_values(records, objectives)
+    if F.shape[1] == 1:
+        best = records[int(np.argmin(F[:, 0]))]
+        return dict.fromkeys(ROLES, best)
+    heavy, light = role_columns(objectives)
     elites = select_elites(F, None, knee_method, knee_weights, heavy, light)
     return {role: records[getattr(elites, role)] for role in ROLES}

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from moprune.analysis.front import front_records
 
@@ -210,6 +211,7 @@ def plot_elites_history(
     ax_acc.set_ylabel("hold-out accuracy (%)")
     ax_red.set_ylabel("MACs reduction (%)")
     for ax in (ax_acc, ax_red):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("generation")
         ax.grid(True, alpha=0.3)
     ax_acc.legend(loc="best", fontsize=8)
