@@ -20,6 +20,7 @@ from moprune.ccep import OBJECTIVES as ccep_objectives
 from moprune.ccep import CCEPConfig, rounds_table_rows, run_ccep
 from moprune.coevolution import CoevolutionConfig
 from moprune.cost import CostModel
+from moprune.criteria import CRITERIA
 from moprune.deeppruninges import DeepPruningES, DeepPruningESConfig
 from moprune.evaluator import resolve_device
 from moprune.export import export_candidate
@@ -107,6 +108,11 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         raise ValueError(f"--partial-lr must be a finite number > 0; got {args.partial_lr}")
 
 
+def _needs_data(task: PruningTask) -> bool:
+    """Whether the task's criterion ranks channels with training images."""
+    return CRITERIA.get(task.criterion).needs_data
+
+
 def _partial(identity: dict, task: PruningTask) -> FinetuneConfig | None:
     """The partial-retraining recipe of a run identity (None: candidates are not retrained)."""
     partial = identity.get("partial")
@@ -165,7 +171,8 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
     data = task.load_data(DataRequest(
         root=Path(ident["data_root"]) if ident["data_root"] else None, seed=ident["seed"],
         eval_images=ident["eval_images"], test_images=ident["test_images"],
-        load_train=load_train or retrain is not None, download=cfg.get("download", False),
+        load_train=load_train or retrain is not None or _needs_data(task),
+        download=cfg.get("download", False),
         train_images=ident.get("train_images")))
     return make_problem(task, data, device=device or cfg["device"], mode=cfg["mode"],
                         progress=progress, max_macs_ratio=ident["max_macs_ratio"],
@@ -206,7 +213,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     data = task.load_data(DataRequest(root=args.data_root, seed=args.seed,
                                       eval_images=args.eval_images,
                                       test_images=args.test_images, download=args.download,
-                                      load_train=retrain is not None,
+                                      load_train=retrain is not None or _needs_data(task),
                                       train_images=args.train_images))
     setup = make_problem(task, data, device=args.device, mode=args.mode,
                          progress=not args.quiet, max_macs_ratio=args.max_macs_ratio,
@@ -234,10 +241,12 @@ def _search_ccep(args: argparse.Namespace) -> int:
     recipe = config.recipe_for(task.finetune)
     data = task.load_data(DataRequest(root=args.data_root, seed=args.seed,
                                       eval_images=args.eval_images, test_images=args.test_images,
-                                      load_train=recipe.epochs > 0, download=args.download,
+                                      load_train=recipe.epochs > 0 or _needs_data(task),
+                                      download=args.download,
                                       train_images=args.train_images))
     setup = make_problem(task, data, device=args.device, mode=args.mode,
-                         progress=False, encoding="mask", objectives=ccep_objectives)
+                         progress=False, encoding="mask", objectives=ccep_objectives,
+                         seed=args.seed)
     if not resume:
         run.create(config_dict)
     cc = config.coevolution

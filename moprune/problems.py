@@ -15,7 +15,7 @@ import numpy as np
 from pymoo.core.problem import Problem
 
 from moprune.cost import CostModel
-from moprune.criteria import CRITERIA, rank_channels
+from moprune.criteria import CRITERIA, ScoreContext, rank_channels
 from moprune.encoding import MaskEncoding, RatioEncoding
 from moprune.evaluator import MaskScorer
 
@@ -130,14 +130,16 @@ class FilterMaskProblem(PruningProblem):
         max_accuracy_drop: Optional constraint on the accuracy drop (fraction).
         repair_criterion: Criterion that decides which channels a group gets back when a
             genome keeps fewer than the space's ``min_channels``.
+        score_context: Batch of training images and seed for data or random criteria.
 
     """
 
     def __init__(self, evaluator: MaskScorer, objectives: Sequence[str] = ("error", "macs_ratio"),
                  max_macs_ratio: float | None = None, max_accuracy_drop: float | None = None,
-                 repair_criterion: str = "l1") -> None:
+                 repair_criterion: str = "l1", score_context: ScoreContext | None = None) -> None:
         space = evaluator.space
-        ranking = rank_channels(space, CRITERIA.get(repair_criterion).score(evaluator.model, space))
+        scores = CRITERIA.get(repair_criterion).score(evaluator.model, space, score_context)
+        ranking = rank_channels(space, scores)
         encoding = MaskEncoding(space, ranking, space.policy.min_channels)
         super().__init__(evaluator, encoding, objectives, max_macs_ratio, max_accuracy_drop,
                          xl=0, xu=1, vtype=bool)
@@ -161,16 +163,19 @@ class LayerRatioProblem(PruningProblem):
         objectives: Names from ``OBJECTIVES``.
         max_macs_ratio: Optional constraint on MACs / baseline MACs.
         max_accuracy_drop: Optional constraint on the accuracy drop (fraction).
+        score_context: Batch of training images and seed for data or random criteria.
 
     """
 
     def __init__(self, evaluator: MaskScorer, criterion: str = "l1", max_ratio: float = 0.9,
                  objectives: Sequence[str] = ("error", "macs_ratio"),
                  max_macs_ratio: float | None = None,
-                 max_accuracy_drop: float | None = None) -> None:
+                 max_accuracy_drop: float | None = None,
+                 score_context: ScoreContext | None = None) -> None:
         space = evaluator.space
         self.criterion = criterion
-        ranking = rank_channels(space, CRITERIA.get(criterion).score(evaluator.model, space))
+        scores = CRITERIA.get(criterion).score(evaluator.model, space, score_context)
+        ranking = rank_channels(space, scores)
         encoding = RatioEncoding(space, ranking, space.policy.min_channels, max_ratio)
         super().__init__(evaluator, encoding, objectives, max_macs_ratio, max_accuracy_drop,
                          xl=0.0, xu=max_ratio, vtype=float)

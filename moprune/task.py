@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from moprune.criteria import CRITERIA, ScoreContext
 from moprune.encoding import GenomeError
 from moprune.evaluator import Evaluator
 from moprune.problems import FilterMaskProblem, LayerRatioProblem, PruningProblem
@@ -186,6 +187,20 @@ class SearchSetup:
     problem: PruningProblem
 
 
+def criterion_context(task: PruningTask, data: DataBundle, seed: int,
+                      device: str | torch.device = "cpu") -> ScoreContext:
+    """The context of the task's criterion: the seed, plus a batch for data criteria.
+
+    The batch is 128 seeded training images, never hold-out or test images.
+    """
+    if not CRITERIA.get(task.criterion).needs_data:
+        return ScoreContext(seed=seed)
+    if len(data.train) == 0:
+        raise ValueError(f"criterion {task.criterion!r} ranks channels with a batch of training "
+                         "images, but none were loaded; load the data with load_train=True")
+    return ScoreContext.from_split(data.train, data.normalization, seed, device=device)
+
+
 def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
                  mode: str = "auto", progress: bool = False,
                  max_macs_ratio: float | None = None,
@@ -221,13 +236,15 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
         evaluator = Evaluator(task.model, space, data.val, data.normalization, device=device,
                               mode=mode, progress=progress)
     problem: PruningProblem
+    context = criterion_context(task, data, seed, device)
     if encoding == "mask":
         problem = FilterMaskProblem(evaluator, objectives, max_macs_ratio,
-                                    max_accuracy_drop, repair_criterion=task.criterion)
+                                    max_accuracy_drop, repair_criterion=task.criterion,
+                                    score_context=context)
     else:
         problem = LayerRatioProblem(evaluator, task.criterion, objectives=objectives,
                                     max_macs_ratio=max_macs_ratio,
-                                    max_accuracy_drop=max_accuracy_drop)
+                                    max_accuracy_drop=max_accuracy_drop, score_context=context)
     return SearchSetup(task, data, space, evaluator, problem)
 
 
