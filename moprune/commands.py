@@ -14,7 +14,6 @@ from moprune.analysis import (
     format_table,
     front_records,
     pick,
-    trade_off_models,
 )
 from moprune.ccep import OBJECTIVES as ccep_objectives
 from moprune.ccep import CCEPConfig, rounds_table_rows, run_ccep
@@ -26,7 +25,7 @@ from moprune.evaluator import resolve_device
 from moprune.export import export_candidate
 from moprune.retraining import final_recipe, partial_recipe
 from moprune.runs import RunDir, RunDirError, git_hash, versions
-from moprune.search import SearchConfig, run_knee, run_search, write_plots
+from moprune.search import SearchConfig, run_knee, run_search, run_trade_offs, write_plots
 from moprune.space import PruningSpace
 from moprune.task import (
     DataRequest,
@@ -293,10 +292,8 @@ ROLE_LABELS = {"heavy": "heavy (most accurate)", "knee": "knee",
 
 def summary_table(run: RunDir) -> str:
     """Baseline vs the heavy, knee and light members of the front, as a text table."""
-    front, baseline = run.front(), run.baseline()
-    config = run.config()
-    method, weights = run_knee(config)
-    models = trade_off_models(front, tuple(config["identity"]["objectives"]), method, weights)
+    baseline = run.baseline()
+    models = run_trade_offs(run)
     rows = [_member_row("baseline", {**baseline, "id": None}, baseline)]
     rows += [_member_row(ROLE_LABELS[role], models[role], baseline)
              for role in ("heavy", "knee", "light")]

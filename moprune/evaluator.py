@@ -78,6 +78,35 @@ class EvalResult:
     loss: np.ndarray
 
 
+MaskCache = dict[bytes, tuple[float, float]]
+
+
+def uncached(masks: np.ndarray, n_channels: int, cache: MaskCache, stats: EvalStats
+             ) -> tuple[np.ndarray, list[bytes], dict[bytes, int]]:
+    """Check a keep-mask matrix and find the rows still to evaluate.
+
+    Returns the masks as a bool matrix, every row's cache key, and ``{key: first row}`` of
+    the distinct keys not in ``cache``; repeats and cached rows count as ``stats.cache_hits``.
+    """
+    masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+    if masks.shape[1] != n_channels:
+        raise ValueError(f"masks must have {n_channels} columns; got {masks.shape}")
+    keys = [np.packbits(m).tobytes() for m in masks]
+    todo: dict[bytes, int] = {}
+    for i, k in enumerate(keys):
+        if k in cache or k in todo:
+            stats.cache_hits += 1
+        else:
+            todo[k] = i
+    return masks, keys, todo
+
+
+def cached_result(cache: MaskCache, keys: list[bytes]) -> EvalResult:
+    """Accuracy and loss of ``keys`` from the cache."""
+    return EvalResult(accuracy=np.array([cache[k][0] for k in keys]),
+                      loss=np.array([cache[k][1] for k in keys]))
+
+
 class MaskScorer(Protocol):
     """What a pruning problem needs from its evaluator (``Evaluator``, ``RetrainingEvaluator``)."""
 
@@ -139,7 +168,7 @@ class Evaluator:
         self._y = self.data.labels.to(self.device)
         self._gated = GatedModel(self._model, self.space)
         self._sliced = SlicedModel(self._model, self.space)
-        self._cache: dict[bytes, tuple[float, float]] = {}
+        self._cache: MaskCache = {}
 
     @property
     def n_images(self) -> int:
@@ -155,16 +184,7 @@ class Evaluator:
 
     def evaluate_masks(self, masks: np.ndarray) -> EvalResult:
         """Accuracy and loss of each row of a ``(n, n_channels)`` keep-mask matrix."""
-        masks = np.atleast_2d(np.asarray(masks, dtype=bool))
-        if masks.shape[1] != self.space.n_channels:
-            raise ValueError(f"masks must have {self.space.n_channels} columns; got {masks.shape}")
-        keys = [np.packbits(m).tobytes() for m in masks]
-        todo: dict[bytes, int] = {}
-        for i, k in enumerate(keys):
-            if k in self._cache or k in todo:
-                self.stats.cache_hits += 1
-            else:
-                todo[k] = i
+        masks, keys, todo = uncached(masks, self.space.n_channels, self._cache, self.stats)
         if todo:
             rows = list(todo.values())
             acc, loss = self._run(masks[rows])
@@ -172,9 +192,7 @@ class Evaluator:
                 self._cache[k] = (float(acc[j]), float(loss[j]))
             self.stats.evaluations += len(rows)
             self.stats.images += len(rows) * self.n_images
-        acc = np.array([self._cache[k][0] for k in keys])
-        loss = np.array([self._cache[k][1] for k in keys])
-        return EvalResult(accuracy=acc, loss=loss)
+        return cached_result(self._cache, keys)
 
     @torch.inference_mode()
     def _run(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

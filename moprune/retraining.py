@@ -26,7 +26,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from moprune.evaluator import EvalResult, EvalStats, Evaluator, resolve_device
+from moprune.evaluator import (
+    EvalResult,
+    EvalStats,
+    Evaluator,
+    MaskCache,
+    cached_result,
+    resolve_device,
+    uncached,
+)
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.space import PruningSpace
 from moprune.surgery import prune_model
@@ -99,7 +107,7 @@ class RetrainingEvaluator:
         self._model = copy.deepcopy(model).to(self.device).eval()
         self._train = _on(train, self.device)
         self._val = _on(val, self.device)
-        self._cache: dict[bytes, tuple[float, float]] = {}
+        self._cache: MaskCache = {}
 
     @property
     def n_images(self) -> int:
@@ -152,16 +160,7 @@ class RetrainingEvaluator:
         inf, with a warning (``stats.diverged`` counts them), so one bad candidate never stops
         a search.
         """
-        masks = np.atleast_2d(np.asarray(masks, dtype=bool))
-        if masks.shape[1] != self.space.n_channels:
-            raise ValueError(f"masks must have {self.space.n_channels} columns; got {masks.shape}")
-        keys = [np.packbits(m).tobytes() for m in masks]
-        todo: dict[bytes, int] = {}
-        for i, k in enumerate(keys):
-            if k in self._cache or k in todo:
-                self.stats.cache_hits += 1
-            else:
-                todo[k] = i
+        masks, keys, todo = uncached(masks, self.space.n_channels, self._cache, self.stats)
         bar = tqdm(total=len(todo), desc=f"retrain {self.config.epochs} ep + evaluate",
                    unit="cand", disable=not self.progress or not todo, leave=False)
         for k, i in todo.items():
@@ -171,8 +170,7 @@ class RetrainingEvaluator:
             self.stats.images += self.n_images + self.config.epochs * len(self._train)
             bar.update(1)
         bar.close()
-        return EvalResult(accuracy=np.array([self._cache[k][0] for k in keys]),
-                          loss=np.array([self._cache[k][1] for k in keys]))
+        return cached_result(self._cache, keys)
 
     def evaluate_on(self, masks: np.ndarray, split: Split) -> EvalResult:
         """Accuracy and loss on another split (the test split) of the retrained candidates.

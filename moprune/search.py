@@ -207,6 +207,14 @@ def run_knee(config: dict) -> tuple[str, tuple[float, ...] | None]:
     return es["knee_method"], None if weights is None else tuple(weights)
 
 
+def run_trade_offs(run: RunDir) -> dict[str, dict]:
+    """Heavy, light and knee members of a finished run's front, by the run's knee definition."""
+    config = run.config()
+    method, weights = run_knee(config)
+    return trade_off_models(run.front(), tuple(config["identity"]["objectives"]), method,
+                            weights)
+
+
 def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     """Front and hypervolume plots of a run, and kept channels of the knee (or of ``ids``).
 
@@ -224,8 +232,7 @@ def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     records = [{**r, "test_accuracy": test[r["id"]]} if r["id"] in test else r
                for r in feasible(candidates, baseline, ident.get("max_macs_ratio"),
                                  ident.get("max_accuracy_drop"))]
-    method, weights = run_knee(config)
-    models = trade_off_models(front, objectives, method, weights)
+    models = run_trade_offs(run)
     knee = models["knee"]
     out = run.path / "plots"
     paths = plot_front(records, baseline, out / "front", picks=models,
@@ -247,4 +254,5 @@ def write_plots(run: RunDir, ids: list[int] | None = None) -> list[Path]:
     return paths
 
 
-__all__ = ["ELITES", "FRONT", "SearchConfig", "finalize", "run_knee", "run_search", "write_plots"]
+__all__ = ["ELITES", "FRONT", "SearchConfig", "finalize", "run_knee", "run_search",
+           "run_trade_offs", "write_plots"]

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from moprune.analysis import ROLES, format_table, plot_trade_offs, trade_off_models
+from moprune.analysis import ROLES, format_table, plot_trade_offs
 from moprune.ccep import load_network
 from moprune.export import export_candidate
 from moprune.retraining import RetrainingEvaluator
 from moprune.runs import RunDir, atomic_write_json
-from moprune.search import run_knee
+from moprune.search import run_knee, run_trade_offs
 from moprune.task import SearchSetup
 from moprune.training import FinetuneConfig
 
@@ -55,10 +55,7 @@ def resolve_role(run: RunDir, role: str) -> dict:
     """The front member playing ``role`` (heavy, light or knee) in ``run``."""
     if role not in ROLES:
         raise ValueError(f"unknown trade-off role {role!r}; valid: {', '.join(ROLES)}")
-    config = run.config()
-    method, weights = run_knee(config)
-    return trade_off_models(run.front(), tuple(config["identity"]["objectives"]), method,
-                            weights)[role]
+    return run_trade_offs(run)[role]
 
 
 def _row(role: str, record: dict, metrics: dict, baseline: dict) -> dict:
@@ -101,7 +98,7 @@ def export_trade_offs(setup: SearchSetup, run: RunDir, out_dir: Path, finetune_e
     config = run.config()
     front = run.front()
     method, weights = run_knee(config)
-    models = trade_off_models(front, tuple(config["identity"]["objectives"]), method, weights)
+    models = run_trade_offs(run)
     exported: dict[str, dict] = {}
     done: dict[int, tuple[Path, dict]] = {}
     for role in ORDER:

@@ -63,9 +63,9 @@ def test_guide_problem_file_builds_a_problem(tmp_path: Path) -> None:
     assert setup.problem.baseline["macs"] == 37_220_352
 
 
-def test_ccep_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
-    """The Python example of docs/ccep.md runs (from a scratch folder) and prunes."""
-    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "ccep.md").read_text(), flags=re.S)
+def _run_python_example(page: str, tmp_path, monkeypatch, capsys) -> str:
+    """Run the one Python block of ``docs/PAGE`` from a scratch folder; return its output."""
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.S)
     assert len(blocks) == 1
     code = blocks[0].replace('"problems/digits_demo.py"',
                              repr(str(DOCS.parent / "problems" / "digits_demo.py")))
@@ -73,10 +73,15 @@ def test_ccep_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        exec(compile(code, "docs/ccep.md", "exec"), {"__name__": "__main__"})
+        exec(compile(code, f"docs/{page}", "exec"), {"__name__": "__main__"})
     finally:
         torch.set_num_threads(threads)
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_ccep_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
+    """The Python example of docs/ccep.md runs (from a scratch folder) and prunes."""
+    out = _run_python_example("ccep.md", tmp_path, monkeypatch, capsys)
     ratios = [float(m) for m in re.findall(r"MACs ratio ([0-9.]+)", out)]
     assert ratios[0] == 1.0 and ratios[-1] <= 0.75
     assert "keeps" in out
@@ -84,19 +89,7 @@ def test_ccep_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
 
 def test_deeppruninges_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
     """The Python example of docs/deeppruninges.md runs and returns three elites."""
-    text = (DOCS / "deeppruninges.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 1
-    code = blocks[0].replace('"problems/digits_demo.py"',
-                             repr(str(DOCS.parent / "problems" / "digits_demo.py")))
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        exec(compile(code, "docs/deeppruninges.md", "exec"), {"__name__": "__main__"})
-    finally:
-        torch.set_num_threads(threads)
-    out = capsys.readouterr().out
+    out = _run_python_example("deeppruninges.md", tmp_path, monkeypatch, capsys)
     for role in ("heavy", "light", "knee"):
         assert f"{role}: keeps" in out
     ratios = [float(m) for m in re.findall(r"MACs ratio ([0-9.]+)", out)]
