@@ -1,4 +1,4 @@
-"""Algorithm presets: NSGA-II for masks and ratios, a CCEP round, DeepPruningES."""
+"""Algorithm presets: NSGA-II for masks and ratios, a CCEP round, DeepPruningES, EvoFC."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pymoo.operators.sampling.rnd import FloatRandomSampling
 
 from moprune.coevolution import CoevolutionConfig, CoevolutionRound
 from moprune.deeppruninges import DeepPruningES, DeepPruningESConfig
+from moprune.evofc import CriterionRatioProblem, EvoFCConfig, evofc_nsga2
 from moprune.problems import FilterMaskProblem, LayerRatioProblem, PruningProblem
 from moprune.registry import Registry
 
@@ -106,6 +107,8 @@ ALGORITHMS: Registry[AlgorithmFactory] = Registry("algorithm")
 
 
 def _nsga2(problem: PruningProblem, pop_size: int) -> Algorithm:
+    if isinstance(problem, CriterionRatioProblem):
+        return evofc_nsga2(problem, EvoFCConfig(pop_size=pop_size, n_offsprings=pop_size))
     if isinstance(problem, FilterMaskProblem):
         return mask_nsga2(problem, MaskNSGA2Config(pop_size=pop_size))
     if isinstance(problem, LayerRatioProblem):
@@ -136,3 +139,14 @@ def _deeppruninges(problem: PruningProblem, pop_size: int) -> Algorithm:
 
 
 ALGORITHMS.register("deeppruninges", _deeppruninges)
+
+
+def _evofc(problem: PruningProblem, pop_size: int) -> Algorithm:
+    """EvoFC's NSGA-II (published: population 10, 10 offspring) on a criterion-ratio problem."""
+    if not isinstance(problem, CriterionRatioProblem):
+        raise TypeError(f"EvoFC needs a criterion-ratio problem (make_problem(..., evofc=...)); "
+                        f"got {type(problem).__name__}")
+    return evofc_nsga2(problem, EvoFCConfig(pop_size=pop_size, n_offsprings=pop_size))
+
+
+ALGORITHMS.register("evofc", _evofc)

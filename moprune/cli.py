@@ -123,6 +123,50 @@ def _add_es_args(p: argparse.ArgumentParser) -> None:
                         "otherwise the problem file's policy)")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names; got {text!r}")
+    return names
+
+
+def _add_evofc_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("EvoFC (--algorithm evofc; defaults are the published settings)")
+    g.add_argument("--criteria", type=_names, default=None,
+                   help="criteria a group can choose, in bin order (default: grad_l1,grad_l2,"
+                        "grad_es,grad_gm; any registered criterion, see docs/criteria.md)")
+    g.add_argument("--lower-bounds", default=None,
+                   help="lower bounds of the pruning ratios: a number, 'stages:A,B,C' (one "
+                        "per feature-map resolution, e.g. stages:0.2,0.4,0.6 for ResNet-56) or "
+                        "'cosine:LOW,HIGH' over depth (default: 0)")
+    g.add_argument("--max-ratio", type=float, default=None,
+                   help="upper bound of the pruning ratios, < 1 (default: 0.99)")
+    g.add_argument("--variables", choices=("pairs", "mixed"), default=None,
+                   help="pairs: real-coded (ratio, criterion) pairs, criterion by equal-width "
+                        "bins (the paper); mixed: pymoo Real + Choice variables (default: pairs)")
+    g.add_argument("--offspring", type=_positive, default=None,
+                   help="offspring per generation (default: the population size; published "
+                        "10, ImageNet-scale 40)")
+    g.add_argument("--init", choices=("random", "pretrained"), default=None,
+                   help="start from a random initialisation (the paper) or from the problem "
+                        "file's weights (default: random)")
+    g.add_argument("--training", choices=("inherit", "scratch", "none"), default=None,
+                   help="inherit: weight inheritance through one supernet trained by one "
+                        "global schedule; scratch: every candidate re-initialised and trained "
+                        "on its own; none: scored as is (with --init pretrained) "
+                        "(default: inherit)")
+    g.add_argument("--search-epochs", type=_nonneg, default=None,
+                   help="inherit: epochs of the global schedule over the whole search (one "
+                        "normal training run); scratch: epochs per candidate (default: the "
+                        "problem file's fine-tuning epochs)")
+    g.add_argument("--search-lr", type=float, default=None,
+                   help="initial learning rate of that training, with the problem's schedule "
+                        "(default: 0.1 from random init, the problem's from pretrained)")
+    g.add_argument("--reinit-criteria", action=argparse.BooleanOptionalAction, default=None,
+                   help="compute the gradient criteria on a Xavier re-initialised copy (the "
+                        "paper; default: on)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``moprune`` command."""
     parser = argparse.ArgumentParser(
@@ -132,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("search",
-                       help="search a pruning problem file (NSGA-II, CCEP or DeepPruningES)",
+                       help="search a pruning problem file (NSGA-II, CCEP, DeepPruningES or "
+                            "EvoFC)",
                        description="Search the Pareto front of accuracy vs. cost for a problem "
                                    "file and write a run directory.")
     p.add_argument("problem", type=Path, help="problem file defining build_task(options)")
@@ -148,19 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "all of it); for reduced budgets: ccep's fine-tuning, the partial "
                         "retraining, and `export` of the run")
     p.add_argument("--pop-size", type=_positive, default=None,
-                   help="population size (default: 40 for nsga2, 30 for deeppruninges; for "
-                        "ccep the population of each group, default 5)")
+                   help="population size (default: 40 for nsga2, 30 for deeppruninges, 10 for "
+                        "evofc; for ccep the population of each group, default 5)")
     p.add_argument("--generations", type=_positive, default=None,
                    help="number of generations, the first being the initial population "
-                        "(default: 20 for nsga2, 11 for deeppruninges; for ccep the "
+                        "(default: 20 for nsga2 and evofc, 11 for deeppruninges; for ccep the "
                         "generations per group and round, default 10)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the search and of the hold-out split (default: 0)")
     p.add_argument("--algorithm", default="nsga2",
                    help="nsga2 (NSGA-II over the problem's encoding), ccep (cooperative "
-                        "coevolution, rounds with fine-tuning) or deeppruninges (the (3+27) "
-                        "evolution strategy with heavy/light/knee elites); see the options "
-                        "of each below")
+                        "coevolution, rounds with fine-tuning), deeppruninges (the (3+27) "
+                        "evolution strategy with heavy/light/knee elites) or evofc (NSGA-II "
+                        "over a ratio and a criterion per layer, with weight inheritance); "
+                        "see the options of each below")
     p.add_argument("--mode", default="auto", choices=("auto", "gate", "slice"),
                    help="evaluation: gate (population batched with channel gates), slice "
                         "(weights sliced per candidate) or auto (gate on CUDA, slice on CPU)")
@@ -178,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_ccep_args(p)
     _add_es_args(p)
+    _add_evofc_args(p)
 
     p = sub.add_parser("plot", help="(re)draw a run's plots",
                        description="Draw the front and hypervolume plots of a run (PNG + SVG) "
@@ -208,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a candidate as a physically pruned network",
                        description="Prune the full network to candidate ID (Torch-Pruning "
                                    "surgery; for runs scored after partial retraining, the "
-                                   "same seeded retraining follows), optionally fine-tune it, "
+                                   "same seeded retraining follows; for EvoFC runs, the "
+                                   "supernet's inherited weights), optionally fine-tune it "
+                                   "(checkpointed every epoch in OUT.ckpt; rerun to resume), "
                                    "measure it and save it. --elites exports the heavy, knee "
                                    "and light members together, with a table and a plot.")
     p.add_argument("run", type=Path, help="run directory")
@@ -229,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.9, Nesterov, constant (default: task)")
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate "
                    "(default: the recipe's)")
+    p.add_argument("--start", choices=("scored", "scratch"), default="scored",
+                   help="weights the exported network starts from: scored (as the search "
+                        "scored it: the full network pruned, the retrained candidate, the CCEP "
+                        "round, or an EvoFC run's inherited supernet weights) or scratch "
+                        "(re-initialised, then trained --finetune-epochs) (default: scored)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -22,10 +22,20 @@ from moprune.cost import CostModel
 from moprune.criteria import CRITERIA
 from moprune.deeppruninges import DeepPruningES, DeepPruningESConfig
 from moprune.evaluator import resolve_device
+from moprune.evofc import EVOFC_CRITERIA, EvoFCConfig, EvoFCOptions, evofc_nsga2
 from moprune.export import export_candidate
+from moprune.inheritance import InheritanceEvaluator
 from moprune.retraining import final_recipe, partial_recipe
 from moprune.runs import RunDir, RunDirError, git_hash, versions
-from moprune.search import SearchConfig, run_knee, run_search, run_trade_offs, write_plots
+from moprune.search import (
+    SUPERNET,
+    SearchConfig,
+    load_supernet,
+    run_knee,
+    run_search,
+    run_trade_offs,
+    write_plots,
+)
 from moprune.space import PruningSpace
 from moprune.task import (
     DataRequest,
@@ -36,7 +46,7 @@ from moprune.task import (
     load_problem_file,
     make_problem,
 )
-from moprune.tradeoffs import candidate_model, export_trade_offs, resolve_role, trade_offs_table
+from moprune.tradeoffs import export_trade_offs, resolve_role, start_model, trade_offs_table
 from moprune.training import FinetuneConfig, evaluate_accuracy, finetune
 
 MEMBER_COLUMNS = (
@@ -51,9 +61,38 @@ def _options(weights: Path | None) -> TaskOptions:
     return TaskOptions(weights=weights.resolve() if weights else None)
 
 
-DEFAULT_SIZES = {"nsga2": (40, 20), "ccep": (5, 10), "deeppruninges": (30, 11)}
+DEFAULT_SIZES = {"nsga2": (40, 20), "ccep": (5, 10), "deeppruninges": (30, 11),
+                 "evofc": (10, 20)}
 DEFAULT_MUTATION = {"ccep": 0.1, "deeppruninges": 0.2}
 ES = "deeppruninges"
+EVOFC = "evofc"
+EVOFC_ARGS = ("criteria", "lower_bounds", "max_ratio", "variables", "offspring", "init",
+              "training", "search_epochs", "search_lr", "reinit_criteria")
+
+
+def evofc_config(args: argparse.Namespace) -> EvoFCConfig:
+    """The NSGA-II settings of ``moprune search --algorithm evofc``."""
+    return EvoFCConfig(pop_size=args.pop_size, n_offsprings=args.offspring or args.pop_size)
+
+
+def evofc_options(args: argparse.Namespace, task: PruningTask) -> EvoFCOptions:
+    """The search space and scoring of ``moprune search --algorithm evofc``."""
+    init = args.init or "random"
+    lr = args.search_lr
+    if lr is None:
+        lr = 0.1 if init == "random" else task.finetune.lr
+    epochs = task.finetune.epochs if args.search_epochs is None else args.search_epochs
+    training = args.training or "inherit"
+    if training != "none" and epochs == 0:
+        raise ValueError(f"--training {training} needs --search-epochs > 0 (or --training none "
+                         "to score candidates as they are)")
+    return EvoFCOptions(
+        criteria=args.criteria or EVOFC_CRITERIA, lower=args.lower_bounds or "0",
+        max_ratio=0.99 if args.max_ratio is None else args.max_ratio,
+        variables=args.variables or "pairs",
+        reinit_criteria=True if args.reinit_criteria is None else args.reinit_criteria,
+        init=init, training=training, epochs=epochs, lr=lr,
+        planned=evofc_config(args).evaluations(args.generations))
 
 
 def es_config(args: argparse.Namespace) -> DeepPruningESConfig:
@@ -95,6 +134,13 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
                          "about residual stages); drop --residual / --no-residual")
     if args.residual is None and algo == ES:
         args.residual = True
+    given = [a for a in EVOFC_ARGS if getattr(args, a) is not None]
+    if algo != EVOFC and given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ValueError(f"{flag} is an option of --algorithm evofc, not of {algo}")
+    if algo == EVOFC and args.partial_epochs > 0:
+        raise ValueError("--partial-epochs does not apply to evofc; its candidates train by "
+                         "--training inherit|scratch with --search-epochs")
     if algo != ES and (args.knee_weights is not None or args.knee_method != "distance"):
         raise ValueError(f"--knee-method and --knee-weights choose DeepPruningES's elites; "
                          f"for --algorithm {algo} choose the knee afterwards with `moprune pick "
@@ -107,8 +153,11 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         raise ValueError(f"--partial-lr must be a finite number > 0; got {args.partial_lr}")
 
 
-def _needs_data(task: PruningTask) -> bool:
-    """Whether the task's criterion ranks channels with training images."""
+def _needs_data(task: PruningTask, evofc: EvoFCOptions | None = None) -> bool:
+    """Whether the run trains, or a criterion ranks channels with training images."""
+    if evofc is not None:
+        return evofc.training != "none" or any(CRITERIA.get(c).needs_data
+                                               for c in evofc.criteria)
     return CRITERIA.get(task.criterion).needs_data
 
 
@@ -121,7 +170,7 @@ def _partial(identity: dict, task: PruningTask) -> FinetuneConfig | None:
 
 
 def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
-               title: str) -> dict:
+               title: str, evofc: EvoFCOptions | None = None) -> dict:
     """The config.json of a search; ``identity`` must match for ``--resume``."""
     problem = args.problem.resolve()
     ccep = args.algorithm == "ccep"
@@ -146,6 +195,8 @@ def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
         identity["ccep"] = ccep_config(args).to_dict()
     if args.algorithm == ES:
         identity[ES] = es_config(args).to_dict()
+    if evofc is not None:
+        identity[EVOFC] = {**evofc.to_dict(), "nsga2": evofc_config(args).to_dict()}
     return {"identity": identity, "device": args.device, "mode": args.mode,
             "download": args.download, "versions": versions(), "git": git_hash(),
             "title": f"{title} (seed {args.seed})"}
@@ -167,25 +218,40 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
         print(f"warning: {weights} changed since the run was made; results may differ")
     task = load_problem_file(problem, TaskOptions(weights=weights))
     retrain = _partial(ident, task)
+    evofc = _evofc_from(ident)
     data = task.load_data(DataRequest(
         root=Path(ident["data_root"]) if ident["data_root"] else None, seed=ident["seed"],
         eval_images=ident["eval_images"], test_images=ident["test_images"],
-        load_train=load_train or retrain is not None or _needs_data(task),
+        load_train=load_train or retrain is not None or _needs_data(task, evofc),
         download=cfg.get("download", False),
         train_images=ident.get("train_images")))
-    return make_problem(task, data, device=device or cfg["device"], mode=cfg["mode"],
-                        progress=progress, max_macs_ratio=ident["max_macs_ratio"],
-                        max_accuracy_drop=None if ccep else ident["max_accuracy_drop"],
-                        encoding="mask" if masks_only else None,
-                        objectives=tuple(ident["objectives"]) if ccep else None,
-                        residual=ident.get("residual"), retrain=retrain, seed=ident["seed"])
+    setup = make_problem(task, data, device=device or cfg["device"], mode=cfg["mode"],
+                         progress=progress, max_macs_ratio=ident["max_macs_ratio"],
+                         max_accuracy_drop=None if ccep else ident["max_accuracy_drop"],
+                         encoding="mask" if masks_only else None,
+                         objectives=tuple(ident["objectives"]) if ccep else None,
+                         residual=ident.get("residual"), retrain=retrain, seed=ident["seed"],
+                         evofc=evofc)
+    if isinstance(setup.evaluator, InheritanceEvaluator) and (run.path / SUPERNET).exists():
+        load_supernet(run, setup.evaluator)
+    return setup
+
+
+def _evofc_from(identity: dict) -> EvoFCOptions | None:
+    """The EvoFC options stored in a run identity (None for other algorithms)."""
+    stored = identity.get(EVOFC)
+    if stored is None:
+        return None
+    fields = {k: v for k, v in stored.items() if k != "nsga2"}
+    return EvoFCOptions(**{**fields, "criteria": tuple(fields["criteria"])})
 
 
 def _open_run(args: argparse.Namespace) -> tuple[PruningTask, RunDir, dict, bool]:
     """Load the problem file and check the run directory (nothing is written yet)."""
     task = load_problem_file(args.problem, _options(args.weights))
     run = RunDir(args.out)
-    config_dict = run_config(args, task.objectives, task.name)
+    evofc = evofc_options(args, task) if args.algorithm == EVOFC else None
+    config_dict = run_config(args, task.objectives, task.name, evofc)
     resume = run.check(config_dict, resume=args.resume, force=args.force)
     if args.resume and not resume:
         print(f"note: {args.out} has no checkpoint yet; starting from the beginning")
@@ -209,21 +275,26 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--knee-weights has {len(args.knee_weights)} values; the problem has "
                          f"{n_obj} objectives ({', '.join(task.objectives)}): give one each")
     retrain = _partial(config_dict["identity"], task)
+    evofc = _evofc_from(config_dict["identity"])
     data = task.load_data(DataRequest(root=args.data_root, seed=args.seed,
                                       eval_images=args.eval_images,
                                       test_images=args.test_images, download=args.download,
-                                      load_train=retrain is not None or _needs_data(task),
+                                      load_train=retrain is not None or _needs_data(task, evofc),
                                       train_images=args.train_images))
     setup = make_problem(task, data, device=args.device, mode=args.mode,
                          progress=not args.quiet, max_macs_ratio=args.max_macs_ratio,
                          max_accuracy_drop=args.max_accuracy_drop, residual=args.residual,
                          retrain=retrain, seed=args.seed,
-                         encoding="mask" if args.algorithm == ES else None)
+                         encoding="mask" if args.algorithm == ES else None, evofc=evofc)
+    if evofc is not None:
+        algorithm = evofc_nsga2(setup.problem, evofc_config(args))  # type: ignore[arg-type]
     if not resume:
         run.create(config_dict)
     scoring = (f"each candidate retrained {retrain.epochs} epochs on {len(data.train)} "
                f"training images (lr {retrain.lr}), then scored" if retrain else
                f"evaluation mode {setup.evaluator.mode}")
+    if evofc is not None:
+        scoring = evofc_scoring(evofc, setup, len(data.train))
     print(f"{task.name}: {setup.space}; {len(data.val)} hold-out images, "
           f"{len(data.test)} test images; {scoring} on {setup.evaluator.device}")
     front = run_search(setup, run, config, resume=resume, progress=not args.quiet,
@@ -232,6 +303,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"\n{len(run.candidates())} candidates evaluated, {len(front)} on the front. "
           f"Run directory: {run.path}  (plots in {run.path / 'plots'})")
     return 0
+
+
+def evofc_scoring(evofc: EvoFCOptions, setup: SearchSetup, n_train: int) -> str:
+    """One line on how an EvoFC search scores its candidates."""
+    start = ("a random initialisation" if evofc.init == "random"
+             else "the problem file's weights")
+    if isinstance(setup.evaluator, InheritanceEvaluator):
+        ev = setup.evaluator
+        how = (f"weight inheritance: one supernet, a global schedule of {evofc.epochs} epoch(s) "
+               f"on {n_train} training images (lr {evofc.lr}, {ev.total_steps} steps shared "
+               f"by {evofc.planned} candidates, about {ev.total_steps / evofc.planned:.1f} "
+               "each), then scored")
+    elif evofc.training == "scratch":
+        how = (f"every candidate re-initialised and trained {evofc.epochs} epoch(s) on "
+               f"{n_train} training images (lr {evofc.lr}), then scored")
+    else:
+        how = "scored as is (no training)"
+    return (f"EvoFC from {start}; criteria {', '.join(evofc.criteria)}; ratios in "
+            f"[{evofc.lower}, {evofc.max_ratio}]; {how}")
 
 
 def _search_ccep(args: argparse.Namespace) -> int:
@@ -300,6 +390,10 @@ def summary_table(run: RunDir) -> str:
     note = "(MACs per image; FLOPs = 2 x MACs"
     if baseline.get("scored_after_retraining"):
         note += "; accuracies after each candidate's partial retraining"
+    if "inheritance" in baseline:
+        note += ("; hold-out accuracies as scored during the search, test accuracies with the "
+                 f"supernet's final weights; the full-width supernet reaches "
+                 f"{baseline['supernet_test_accuracy']:.2%} test")
     return format_table(rows, MEMBER_COLUMNS) + f"\n{note})"
 
 
@@ -362,6 +456,9 @@ def _export_recipe(args: argparse.Namespace, task: PruningTask) -> FinetuneConfi
 def cmd_export(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
     config = run.config()
+    if args.start == "scratch" and args.finetune_epochs == 0:
+        raise ValueError("--start scratch re-initialises the network: give --finetune-epochs "
+                         "N > 0 to train it")
     if args.recipe == ES and args.finetune_epochs == 0:
         raise ValueError("--recipe deeppruninges is a fine-tuning recipe: give --finetune-epochs "
                          "N > 0 (published: 200)")
@@ -380,7 +477,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     recipe = _export_recipe(args, setup.task)
     if args.elites:
         exported = export_trade_offs(setup, run, args.out, args.finetune_epochs, recipe, seed,
-                                     device, progress=not args.quiet)
+                                     device, progress=not args.quiet, start=args.start)
         print(trade_offs_table(exported, run.baseline()))
         print(f"\nexported heavy, knee and light to {args.out} (elites.md: the table; "
               f"elites.png: the plot)")
@@ -389,7 +486,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     metrics = export_candidate(setup, record, args.out, finetune_epochs=args.finetune_epochs,
                                seed=seed, device=device, progress=not args.quiet,
                                finetune_config=recipe,
-                               model=candidate_model(setup, run, record))
+                               model=start_model(setup, run, record, args.start, seed))
     baseline = metrics["baseline"]
     print(f"exported candidate {record['id']} to {args.out}")
     print(f"  MACs {metrics['macs']:,} ({1 - metrics['macs_ratio']:.1%} fewer than "

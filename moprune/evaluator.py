@@ -194,6 +194,19 @@ class Evaluator:
             self.stats.images += len(rows) * self.n_images
         return cached_result(self._cache, keys)
 
+    @property
+    def network(self) -> nn.Module:
+        """The evaluator's own copy of the model on the device (what it runs)."""
+        return self._model
+
+    def score(self, masks: np.ndarray) -> EvalResult:
+        """Accuracy and loss of each keep-mask row, computed now, bypassing the cache.
+
+        For callers that change :attr:`network`'s weights between calls (weight inheritance).
+        """
+        acc, loss = self._run(np.atleast_2d(np.asarray(masks, dtype=bool)))
+        return EvalResult(accuracy=acc, loss=loss)
+
     @torch.inference_mode()
     def _run(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m = torch.as_tensor(masks, device=self.device)

@@ -44,7 +44,11 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
         progress: Show progress bars.
         finetune_config: Recipe (default: the task's, with ``finetune_epochs`` epochs).
         model: The candidate's network when it is not the full network pruned to the plan
-            (a CCEP round's fine-tuned network); it is copied, not changed.
+            (a CCEP round's fine-tuned network, inherited or re-initialised weights); it is
+            copied, not changed.
+
+    Fine-tuning writes a checkpoint after every epoch to ``OUT.ckpt``; an interrupted export
+    run again with the same settings resumes from it. It is removed once ``out`` is written.
 
     Returns:
         The metrics written into the file.
@@ -76,7 +80,8 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
         cfg = dataclasses.replace(finetune_config or setup.task.finetune, epochs=finetune_epochs)
         gen = torch.Generator().manual_seed(seed)
         result = finetune(model, data.train, data.normalization, cfg, generator=gen,
-                          device=device, val=data.val, progress=progress)
+                          device=device, val=data.val, progress=progress,
+                          checkpoint_path=checkpoint_file(out))
         val_acc, val_loss = evaluate_accuracy(model, data.val, data.normalization, device=device)
         test_acc, _ = evaluate_accuracy(model, data.test, data.normalization, device=device)
         metrics.update({"pre_finetune_val_accuracy": metrics["val_accuracy"],
@@ -97,5 +102,12 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(Path(out), buf.getvalue())
+    checkpoint_file(out).unlink(missing_ok=True)
     return metrics
+
+
+def checkpoint_file(out: Path) -> Path:
+    """The per-epoch fine-tuning checkpoint of an export to ``out`` (removed when done)."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
 

@@ -16,12 +16,13 @@ from pymoo.core.problem import Problem
 
 from moprune.cost import CostModel
 from moprune.criteria import CRITERIA, ScoreContext, rank_channels
-from moprune.encoding import MaskEncoding, RatioEncoding
+from moprune.encoding import CriterionRatioEncoding, MaskEncoding, RatioEncoding
 from moprune.evaluator import MaskScorer
 
 OBJECTIVES = ("error", "macs_ratio", "params_ratio")
 
 Recorder = Callable[[list[dict]], None]
+Encoding = MaskEncoding | RatioEncoding | CriterionRatioEncoding
 
 
 def _check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
@@ -45,12 +46,14 @@ class PruningProblem(Problem):
         xl: Lower bounds.
         xu: Upper bounds.
         vtype: Variable type (bool or float).
+        vars: pymoo mixed variables by name (``xl``/``xu`` then come from them).
 
     """
 
-    def __init__(self, evaluator: MaskScorer, encoding: MaskEncoding | RatioEncoding,
+    def __init__(self, evaluator: MaskScorer, encoding: Encoding,
                  objectives: Sequence[str], max_macs_ratio: float | None,
-                 max_accuracy_drop: float | None, xl: float, xu: float, vtype: type) -> None:
+                 max_accuracy_drop: float | None, xl: float | np.ndarray,
+                 xu: float | np.ndarray, vtype: type, vars: dict | None = None) -> None:
         self.objectives = _check_objectives(objectives)
         if max_macs_ratio is not None and not 0.0 < max_macs_ratio <= 1.0:
             raise ValueError(f"max_macs_ratio must be in (0, 1]; got {max_macs_ratio}")
@@ -74,8 +77,11 @@ class PruningProblem(Problem):
         }
         self.recorder: Recorder | None = None
         n_constr = (max_macs_ratio is not None) + (max_accuracy_drop is not None)
-        super().__init__(n_var=encoding.n_var, n_obj=len(self.objectives), n_ieq_constr=n_constr,
-                         xl=xl, xu=xu, vtype=vtype)
+        n_var = encoding.n_var
+        if vars is not None:
+            n_var, xl, xu = -1, None, None  # pymoo takes them from the variables
+        super().__init__(n_var=n_var, n_obj=len(self.objectives), n_ieq_constr=n_constr,
+                         xl=xl, xu=xu, vtype=vtype, vars=vars)
 
     def decode_masks(self, X: np.ndarray) -> np.ndarray:
         """Keep-masks ``(n, n_channels)`` of a genome matrix."""

@@ -35,6 +35,7 @@ from moprune.evaluator import (
     resolve_device,
     uncached,
 )
+from moprune.inheritance import random_init
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.space import PruningSpace
 from moprune.surgery import prune_model
@@ -79,13 +80,16 @@ class RetrainingEvaluator:
         device: ``"cpu"`` or ``"cuda"``.
         mode: Evaluation mode of the unretrained ``baseline`` (see ``Evaluator``).
         progress: Show a progress bar over candidates.
+        from_scratch: Re-initialise each pruned candidate (:func:`moprune.inheritance.
+            random_init`, seeded like its training) and train it from scratch: EvoFC without
+            weight inheritance.
 
     """
 
     def __init__(self, model: nn.Module, space: PruningSpace, train: Split, val: Split,
                  normalization: Normalization, config: FinetuneConfig, seed: int,
                  device: str | torch.device = "cpu", mode: str = "auto",
-                 progress: bool = False) -> None:
+                 progress: bool = False, from_scratch: bool = False) -> None:
         if config.epochs < 1:
             raise ValueError(f"partial retraining needs epochs >= 1 (got {config.epochs}); use "
                              "the plain Evaluator for scoring without retraining")
@@ -98,6 +102,7 @@ class RetrainingEvaluator:
         self.seed = int(seed)
         self.device = resolve_device(device)
         self.progress = progress
+        self.from_scratch = from_scratch
         self.normalization = normalization
         self.reference = Evaluator(model, space, val, normalization, device=self.device,
                                    mode=mode)
@@ -128,10 +133,15 @@ class RetrainingEvaluator:
         return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
     def trained(self, mask: np.ndarray) -> nn.Module:
-        """The candidate of ``mask``, physically pruned and retrained (on the device)."""
+        """The candidate of ``mask``, physically pruned and retrained (on the device).
+
+        With ``from_scratch`` the pruned network is re-initialised before its training.
+        """
         mask = np.asarray(mask, dtype=bool)
         pruned = prune_model(self._model, self.space, PruningPlan.from_mask(self.space, mask))
         seed = self.candidate_seed(mask)
+        if self.from_scratch:
+            pruned = random_init(pruned, seed)
         gen = torch.Generator().manual_seed(seed)
         # dropout draws from the global generators: seed them too, and restore them after
         devices = [self.device] if self.device.type == "cuda" else []

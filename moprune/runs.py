@@ -14,7 +14,9 @@ Layout of a run directory::
 CCEP runs (round-based) also hold ``rounds/round_NNN.pt`` (the network after each round)
 and ``coevolution.jsonl`` (every sub-candidate of every group, round and generation);
 their ``candidates.jsonl`` has one line per round. DeepPruningES runs also hold
-``elites.jsonl``: the ids of the heavy, light and knee elites of every generation.
+``elites.jsonl``: the ids of the heavy, light and knee elites of every generation. EvoFC
+runs with weight inheritance hold ``supernet.pt``: the supernet's weights at the end of the
+search (the checkpoint holds them after every generation).
 
 Every file is written atomically (temporary file + ``os.replace``), so a run killed at any
 point (``kill -9`` included) leaves the last checkpoint and the candidates up to it intact.
@@ -41,7 +43,7 @@ BASELINE = "baseline.json"
 PROGRESS = "progress.json"
 MAGIC = "moprune-checkpoint-v1"
 ROUNDS = "rounds"  # per-round networks of round-based searches (CCEP)
-EXTRA_FILES = ("coevolution.jsonl", "elites.jsonl")
+EXTRA_FILES = ("coevolution.jsonl", "elites.jsonl", "supernet.pt")
 
 
 class RunDirError(ValueError):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from pymoo.core.algorithm import Algorithm
 from tqdm.auto import tqdm
 
@@ -23,8 +25,18 @@ from moprune.analysis import (
     trade_off_models,
 )
 from moprune.evaluator import Evaluator
+from moprune.inheritance import InheritanceEvaluator
 from moprune.retraining import RetrainingEvaluator
-from moprune.runs import BASELINE, EXTRA_FILES, FRONT, PROGRESS, RunDir, detached_problem
+from moprune.runs import (
+    BASELINE,
+    EXTRA_FILES,
+    FRONT,
+    PROGRESS,
+    RunDir,
+    RunDirError,
+    atomic_write_bytes,
+    detached_problem,
+)
 from moprune.task import SearchSetup
 
 
@@ -116,6 +128,8 @@ def run_search(setup: SearchSetup, run: RunDir, config: SearchConfig, resume: bo
         algorithm = state["algorithm"]
         algorithm.problem = problem
         done = int(state["generation"])
+        if "evaluator" in state:  # the supernet of weight inheritance
+            setup.evaluator.load_state_dict(state["evaluator"])  # type: ignore[attr-defined]
         records = run.truncate_candidates(done)
         if (run.path / ELITES).exists():
             run.filter_jsonl(ELITES, lambda r: r["generation"] <= done)
@@ -137,8 +151,11 @@ def run_search(setup: SearchSetup, run: RunDir, config: SearchConfig, resume: bo
             algorithm.next()
             done += 1
             _log_elites(run, algorithm, recorder, done)
+            state = {"algorithm": algorithm, "generation": done}
+            if isinstance(setup.evaluator, InheritanceEvaluator):
+                state["evaluator"] = setup.evaluator.state_dict()
             with detached_problem(algorithm):
-                run.save_checkpoint({"algorithm": algorithm, "generation": done})
+                run.save_checkpoint(state)
             best = max(r["val_accuracy"] for r in records) if records else float("nan")
             run.write_json(PROGRESS, {"generations_done": done,
                                       "evaluated": len(records),
@@ -149,6 +166,40 @@ def run_search(setup: SearchSetup, run: RunDir, config: SearchConfig, resume: bo
         bar.close()
         problem.recorder = None
     return finalize(setup, run, progress=progress)
+
+
+SUPERNET = EXTRA_FILES[2]
+
+
+def save_supernet(run: RunDir, evaluator: InheritanceEvaluator) -> Path:
+    """Write the supernet's weights and schedule position to ``supernet.pt`` (atomic)."""
+    buf = io.BytesIO()
+    torch.save(evaluator.state_dict(), buf)
+    path = run.path / SUPERNET
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_supernet(run: RunDir, evaluator: InheritanceEvaluator) -> None:
+    """Load ``supernet.pt`` of a finished run into ``evaluator`` (its weights after search)."""
+    path = run.path / SUPERNET
+    if not path.is_file():
+        raise RunDirError(f"{str(path)!r} is missing: the EvoFC run has not finished (finish it "
+                          "with --resume) or the file was deleted")
+    evaluator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _supernet_summary(scorer: InheritanceEvaluator, setup: SearchSetup) -> dict:
+    """How inheritance runs were scored, and the full-width supernet after the search."""
+    full = np.ones((1, setup.space.n_channels), dtype=bool)
+    r = scorer.recipe
+    return {
+        "inheritance": {"epochs": r.epochs, "lr": r.lr, "schedule": r.schedule,
+                        "planned": scorer.planned, "trained": scorer.trained,
+                        "total_steps": scorer.total_steps},
+        "supernet_val_accuracy": float(scorer.evaluate_on(full, setup.data.val).accuracy[0]),
+        "supernet_test_accuracy": float(scorer.evaluate_on(full, setup.data.test).accuracy[0]),
+    }
 
 
 def feasible(records: list[dict], baseline: dict, max_macs_ratio: float | None,
@@ -174,14 +225,20 @@ def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dic
     baseline = dict(problem.baseline)
     scorer = setup.evaluator
     retrained = isinstance(scorer, RetrainingEvaluator)
-    plain = scorer.reference if retrained else scorer
+    mode = scorer.reference.mode if retrained else getattr(scorer, "mode", "auto")
     test_eval = Evaluator(setup.task.model, setup.space, setup.data.test,
-                          setup.data.normalization, device=plain.device, mode=plain.mode,
+                          setup.data.normalization, device=scorer.device,  # type: ignore
+                          mode=mode if mode in ("gate", "slice") else "auto",
                           progress=progress)
     decode = problem.genome_from_key  # type: ignore[attr-defined]
     masks = problem.decode_masks(np.stack([decode(r["genome"]) for r in front]))
     baseline["test_accuracy"] = float(test_eval.baseline().accuracy[0])
-    if isinstance(scorer, RetrainingEvaluator):
+    if isinstance(scorer, InheritanceEvaluator):
+        # the front on the supernet's final weights; the supernet saved for export
+        test = scorer.evaluate_on(masks, setup.data.test)
+        baseline.update(_supernet_summary(scorer, setup))
+        save_supernet(run, scorer)
+    elif isinstance(scorer, RetrainingEvaluator):
         # the front's test accuracy after the same (seeded) partial retraining it was scored with
         test = scorer.evaluate_on(masks, setup.data.test)
         baseline["retrain"] = dataclasses.asdict(scorer.config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,6 +18,15 @@ from torch.func import functional_call
 
 from moprune.space import BATCHNORM, CONV, DEPTHWISE, LINEAR, OPTION_A, PruningSpace
 from moprune.zoo.cifar_resnet import slice_option_a
+
+
+class LayerSlice(NamedTuple):
+    """The kept indices of one layer's sliced dimensions (None: the dimension is whole)."""
+
+    name: str
+    kind: str
+    k_in: torch.Tensor | None
+    k_out: torch.Tensor | None
 
 
 class SlicedModel:
@@ -54,14 +64,18 @@ class SlicedModel:
         keep = (owner < 0) | mask[owner.clamp(min=0)]
         return keep.nonzero().squeeze(1)
 
+    def indices(self, mask: torch.Tensor) -> Iterator[LayerSlice]:
+        """Per sliced layer: its name, kind and kept input / output indices (or None)."""
+        mask = mask.to(dtype=torch.bool)
+        for name, kind, own_in, own_out in self._layers:
+            yield LayerSlice(name, kind, self._keep(own_in, mask), self._keep(own_out, mask))
+
     def tensors(self, mask: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
         """Sliced parameters/buffers for one keep-mask, and the depthwise groups to patch."""
-        mask = mask.to(dtype=torch.bool)
         out: dict[str, torch.Tensor] = {}
         groups: dict[str, int] = {}
-        for name, kind, own_in, own_out in self._layers:
+        for name, kind, k_in, k_out in self.indices(mask):
             m = self.model.get_submodule(name)
-            k_out, k_in = self._keep(own_out, mask), self._keep(own_in, mask)
             if kind in (CONV, LINEAR):
                 out[f"{name}.weight"] = m.weight.index_select(0, k_out).index_select(1, k_in)
                 if m.bias is not None:
@@ -84,7 +98,7 @@ class SlicedModel:
         return out, groups
 
     @contextmanager
-    def _patched_groups(self, groups: dict[str, int]) -> Iterator[None]:
+    def patched_groups(self, groups: dict[str, int]) -> Iterator[None]:
         saved = {}
         for name, g in groups.items():
             m = self.model.get_submodule(name)
@@ -99,5 +113,5 @@ class SlicedModel:
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Logits of the plan given by ``mask`` (n_channels,) on images ``x`` (B, C, H, W)."""
         tensors, groups = self.tensors(mask.to(x.device))
-        with self._patched_groups(groups):
+        with self.patched_groups(groups):
             return functional_call(self.model, tensors, (x,))

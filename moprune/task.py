@@ -21,7 +21,9 @@ from torch import nn
 
 from moprune.criteria import CRITERIA, ScoreContext
 from moprune.encoding import GenomeError
-from moprune.evaluator import Evaluator
+from moprune.evaluator import Evaluator, MaskScorer
+from moprune.evofc import CriterionRatioProblem, EvoFCOptions
+from moprune.inheritance import InheritanceEvaluator, random_init
 from moprune.problems import FilterMaskProblem, LayerRatioProblem, PruningProblem
 from moprune.retraining import RetrainingEvaluator
 from moprune.space import PruningSpace, SpacePolicy
@@ -29,7 +31,7 @@ from moprune.training import FinetuneConfig
 from moprune.zoo.data import DataBundle, check_num_classes
 
 ENTRY_POINT = "build_task"
-ENCODINGS = ("mask", "ratio")
+ENCODINGS = ("mask", "ratio", "criterion_ratio")
 
 
 class ProblemFileError(ValueError):
@@ -82,7 +84,8 @@ class PruningTask:
         input_shape: One input, (C, H, W).
         load_data: ``DataRequest -> DataBundle``.
         policy: Which groups may be pruned.
-        encoding: ``"mask"`` (one bit per channel) or ``"ratio"`` (one ratio per group).
+        encoding: ``"mask"`` (one bit per channel), ``"ratio"`` (one ratio per group) or
+            ``"criterion_ratio"`` (a ratio and a criterion per group: EvoFC).
         objectives: Minimised objectives, names from ``moprune.problems.OBJECTIVES``.
         criterion: Ranking criterion (ratio encoding; repair order of masks).
         finetune: Default fine-tuning recipe for exported models.
@@ -183,22 +186,44 @@ class SearchSetup:
     task: PruningTask
     data: DataBundle
     space: PruningSpace
-    evaluator: Evaluator | RetrainingEvaluator
+    evaluator: MaskScorer
     problem: PruningProblem
 
 
 def criterion_context(task: PruningTask, data: DataBundle, seed: int,
-                      device: str | torch.device = "cpu") -> ScoreContext:
-    """The context of the task's criterion: the seed, plus a batch for data criteria.
+                      device: str | torch.device = "cpu",
+                      criteria: tuple[str, ...] | None = None,
+                      reinit: bool = False) -> ScoreContext:
+    """The context of the criteria (default: the task's): seed, batch and ``reinit``.
+
+    Data criteria get a batch; gradient criteria run on a re-initialised copy if ``reinit``.
 
     The batch is 128 seeded training images, never hold-out or test images.
     """
-    if not CRITERIA.get(task.criterion).needs_data:
-        return ScoreContext(seed=seed)
+    criteria = criteria or (task.criterion,)
+    needing = [c for c in criteria if CRITERIA.get(c).needs_data]
+    if not needing:
+        return ScoreContext(seed=seed, reinit=reinit)
     if len(data.train) == 0:
-        raise ValueError(f"criterion {task.criterion!r} ranks channels with a batch of training "
+        raise ValueError(f"criterion {needing[0]!r} ranks channels with a batch of training "
                          "images, but none were loaded; load the data with load_train=True")
-    return ScoreContext.from_split(data.train, data.normalization, seed, device=device)
+    return ScoreContext.from_split(data.train, data.normalization, seed, device=device,
+                                   reinit=reinit)
+
+
+def _evofc_evaluator(model: nn.Module, space: PruningSpace, data: DataBundle,
+                     recipe: FinetuneConfig, options: EvoFCOptions, seed: int, device: str,
+                     mode: str, progress: bool) -> MaskScorer:
+    if options.training == "inherit":
+        return InheritanceEvaluator(model, space, data.train, data.val, data.normalization,
+                                    recipe, planned=options.planned, seed=seed, device=device,
+                                    progress=progress)
+    if options.training == "scratch":
+        return RetrainingEvaluator(model, space, data.train, data.val, data.normalization,
+                                   recipe, seed=seed, device=device, mode=mode,
+                                   progress=progress, from_scratch=True)
+    return Evaluator(model, space, data.val, data.normalization, device=device, mode=mode,
+                     progress=progress)
 
 
 def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
@@ -206,19 +231,25 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
                  max_macs_ratio: float | None = None,
                  max_accuracy_drop: float | None = None, encoding: str | None = None,
                  objectives: tuple[str, ...] | None = None, residual: bool | None = None,
-                 retrain: FinetuneConfig | None = None, seed: int = 0) -> SearchSetup:
+                 retrain: FinetuneConfig | None = None, seed: int = 0,
+                 evofc: EvoFCOptions | None = None) -> SearchSetup:
     """Build space, evaluator (on the hold-out split) and pymoo problem for ``task``.
 
     ``encoding``, ``objectives`` and ``residual`` (the space policy's residual stages)
     override the task's (CCEP always searches masks; DeepPruningES uses residual stages).
     With ``retrain`` (``epochs >= 1``) every candidate is scored after that partial
     retraining on ``data.train`` (a :class:`~moprune.retraining.RetrainingEvaluator`
-    seeded from ``seed``).
+    seeded from ``seed``). With ``evofc`` the problem is a
+    :class:`~moprune.evofc.CriterionRatioProblem` scored as ``evofc.training`` says (weight
+    inheritance, training from scratch, or as is), starting from ``evofc.init`` (with
+    ``"random"`` the returned ``setup.task.model`` is the re-initialised network).
     """
-    encoding = encoding or task.encoding
+    encoding = "criterion_ratio" if evofc is not None else (encoding or task.encoding)
     objectives = objectives or task.objectives
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}; got {encoding!r}")
+    if encoding == "criterion_ratio" and evofc is None:
+        evofc = EvoFCOptions(training="none", init="pretrained")
     out = task.model(torch.zeros((1, *task.input_shape)))
     check_num_classes(data, int(out.shape[-1]))
     if tuple(data.input_shape) != tuple(task.input_shape):
@@ -226,9 +257,15 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
                          f"expects {tuple(task.input_shape)}; check --data-root")
     policy = task.policy if residual is None else dataclasses.replace(task.policy,
                                                                         residual=residual)
+    if evofc is not None and evofc.init == "random":
+        task = dataclasses.replace(task, model=random_init(task.model, seed).eval())
     space = PruningSpace.from_model(task.model, task.input_shape, policy)
-    evaluator: Evaluator | RetrainingEvaluator
-    if retrain is not None and retrain.epochs > 0:
+    evaluator: MaskScorer
+    if evofc is not None:
+        recipe = dataclasses.replace(task.finetune, epochs=evofc.epochs, lr=evofc.lr)
+        evaluator = _evofc_evaluator(task.model, space, data, recipe, evofc, seed, device,
+                                     mode, progress)
+    elif retrain is not None and retrain.epochs > 0:
         evaluator = RetrainingEvaluator(task.model, space, data.train, data.val,
                                         data.normalization, retrain, seed=seed, device=device,
                                         mode=mode, progress=progress)
@@ -236,6 +273,13 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
         evaluator = Evaluator(task.model, space, data.val, data.normalization, device=device,
                               mode=mode, progress=progress)
     problem: PruningProblem
+    if evofc is not None:
+        context = criterion_context(task, data, seed, device, evofc.criteria,
+                                    reinit=evofc.reinit_criteria)
+        problem = CriterionRatioProblem(evaluator, evofc.criteria, evofc.lower,
+                                        evofc.max_ratio, evofc.variables, objectives,
+                                        max_macs_ratio, max_accuracy_drop, context)
+        return SearchSetup(task, data, space, evaluator, problem)
     context = criterion_context(task, data, seed, device)
     if encoding == "mask":
         problem = FilterMaskProblem(evaluator, objectives, max_macs_ratio,

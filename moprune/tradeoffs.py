@@ -19,9 +19,11 @@ from torch import nn
 from moprune.analysis import ROLES, format_table, plot_trade_offs
 from moprune.ccep import load_network
 from moprune.export import export_candidate
+from moprune.inheritance import InheritanceEvaluator, random_init
 from moprune.retraining import RetrainingEvaluator
 from moprune.runs import RunDir, atomic_write_json
 from moprune.search import run_knee, run_trade_offs
+from moprune.surgery import prune_model
 from moprune.task import SearchSetup
 from moprune.training import FinetuneConfig
 
@@ -40,15 +42,38 @@ TABLE_COLUMNS = (
 def candidate_model(setup: SearchSetup, run: RunDir, record: dict) -> nn.Module | None:
     """The network a record was scored as, when it is not the full network pruned to its plan.
 
-    A CCEP round's fine-tuned network; or, for runs scored after partial retraining, the
-    candidate pruned and retrained with its own seed (the weights it was scored with).
+    A CCEP round's fine-tuned network; for runs scored after partial retraining, the
+    candidate pruned and retrained with its own seed (the weights it was scored with); for
+    EvoFC runs with weight inheritance, the supernet's final weights pruned to the plan.
     """
     if "weights_file" in record:
         return load_network(run, record["weights_file"]).model
+    if isinstance(setup.evaluator, InheritanceEvaluator):
+        genome = setup.problem.genome_from_key(record["genome"])  # type: ignore[attr-defined]
+        return setup.evaluator.pruned(setup.problem.decode_masks(genome[None])[0])
     if isinstance(setup.evaluator, RetrainingEvaluator):
         genome = setup.problem.genome_from_key(record["genome"])  # type: ignore[attr-defined]
         return setup.evaluator.trained(setup.problem.decode_masks(genome[None])[0])
     return None
+
+
+def start_model(setup: SearchSetup, run: RunDir, record: dict, start: str,
+                seed: int) -> nn.Module | None:
+    """The network an export starts from: as scored (``"scored"``) or re-initialised.
+
+    ``"scratch"`` prunes the full network to the plan and re-initialises it
+    (:func:`moprune.inheritance.random_init`, seeded by ``seed``); it is meant to be trained.
+    """
+    if start == "scored":
+        return candidate_model(setup, run, record)
+    if start != "scratch":
+        raise ValueError(f"start must be 'scored' or 'scratch'; got {start!r}")
+    genome = setup.problem.genome_from_key(record["genome"])  # type: ignore[attr-defined]
+    if "weights_file" in record:
+        raise ValueError("a CCEP round's network is not a plan of the full network; export it "
+                         "with --start scored")
+    plan = setup.problem.encoding.decode(genome)
+    return random_init(prune_model(setup.task.model, setup.space, plan), seed).eval()
 
 
 def resolve_role(run: RunDir, role: str) -> dict:
@@ -81,7 +106,7 @@ def trade_offs_table(exported: dict[str, dict], baseline: dict, markdown: bool =
 
 def export_trade_offs(setup: SearchSetup, run: RunDir, out_dir: Path, finetune_epochs: int,
                       recipe: FinetuneConfig, seed: int, device: str | torch.device,
-                      progress: bool = True) -> dict[str, dict]:
+                      progress: bool = True, start: str = "scored") -> dict[str, dict]:
     """Export the heavy, knee and light members of ``run`` into ``out_dir``.
 
     Writes ``{heavy,knee,light}.pt`` (see :func:`moprune.export.export_candidate`),
@@ -113,7 +138,7 @@ def export_trade_offs(setup: SearchSetup, run: RunDir, out_dir: Path, finetune_e
             metrics = export_candidate(setup, record, path, finetune_epochs=finetune_epochs,
                                        seed=seed, device=device, progress=progress,
                                        finetune_config=recipe,
-                                       model=candidate_model(setup, run, record))
+                                       model=start_model(setup, run, record, start, seed))
             done[record["id"]] = (path, metrics)
         exported[role] = {"record": record, "metrics": metrics}
     baseline = run.baseline()
@@ -143,4 +168,5 @@ def _plain(obj: object) -> object:
     return obj
 
 
-__all__ = ["candidate_model", "export_trade_offs", "resolve_role", "trade_offs_table"]
+__all__ = ["candidate_model", "export_trade_offs", "resolve_role", "start_model",
+           "trade_offs_table"]

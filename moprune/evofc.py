@@ -1,0 +1,385 @@
+"""EvoFC: a pruning ratio and a criterion per group, searched with NSGA-II.
+
+:class:`CriterionRatioProblem` is the pymoo problem (Li et al., *Evolving filter criteria
+for randomly initialized network pruning in image classification*, Neurocomputing 2024):
+per prunable group a ratio in ``[lower bound, max_ratio]`` and one of several criteria
+(EvoFC's four mask-gradient criteria by default) that ranks the group's channels. Two
+encodings of the same search space:
+
+- ``variables="pairs"`` (the paper): ``2 x groups`` real genes ``[r_0, c_0, r_1, c_1, ...]``,
+  the criterion gene mapped to a criterion by equal-width bins;
+- ``variables="mixed"``: pymoo mixed variables, a ``Real`` ratio and a ``Choice`` criterion
+  per group (searched with :class:`MixedNSGA2`).
+
+Lower bounds can follow a schedule (:func:`lower_bounds`): a constant, one value per stage
+(stages are the feature-map resolutions, e.g. ``stages:0.2,0.4,0.6`` for ResNet-56), or a
+cosine over depth. :func:`evofc_nsga2` is the published NSGA-II preset. Weight inheritance
+(the supernet) lives in :mod:`moprune.inheritance`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2, binary_tournament
+from pymoo.core.algorithm import Algorithm
+from pymoo.core.mixed import (
+    MixedVariableDuplicateElimination,
+    MixedVariableGA,
+    MixedVariableMating,
+    MixedVariableSampling,
+)
+from pymoo.core.variable import Choice, Real
+from pymoo.operators.crossover.pntx import TwoPointCrossover
+from pymoo.operators.crossover.ux import UX
+from pymoo.operators.mutation.pm import PM
+from pymoo.operators.mutation.rm import ChoiceRandomMutation
+from pymoo.operators.sampling.rnd import FloatRandomSampling
+from pymoo.operators.selection.tournament import TournamentSelection
+from pymoo.operators.survival.rank_and_crowding import RankAndCrowding
+from pymoo.util.display.multi import MultiObjectiveOutput
+from pymoo.util.misc import has_feasible
+
+from moprune.criteria import CRITERIA, ScoreContext, rank_channels
+from moprune.encoding import CriterionRatioEncoding
+from moprune.evaluator import MaskScorer
+from moprune.problems import PruningProblem
+from moprune.space import PruningSpace, spatial
+
+EVOFC_CRITERIA = ("grad_l1", "grad_l2", "grad_es", "grad_gm")
+VARIABLES = ("pairs", "mixed")
+LOWER_BOUNDS_HELP = ("a number (every group), 'stages:A,B,C' (one per feature-map "
+                     "resolution, first to last) or 'cosine:LOW,HIGH' (over depth)")
+
+
+def group_stages(space: PruningSpace) -> np.ndarray:
+    """Stage of each group: the index of its root layer's output resolution, first to last.
+
+    Resolutions are numbered in order of first appearance over the groups (ResNet-56:
+    32x32 -> 0, 16x16 -> 1, 8x8 -> 2). A group whose root is a linear layer belongs to the
+    last stage.
+    """
+    seen: dict[int, int] = {}
+    raw: list[int | None] = []
+    for g in space.groups:
+        shape = space.layers[g.name].out_shapes[0]
+        if len(shape) <= 2:
+            raw.append(None)
+            continue
+        hw = spatial(shape)
+        raw.append(seen.setdefault(hw, len(seen)))
+    last = max(seen.values(), default=0)
+    return np.array([last if s is None else s for s in raw], dtype=np.int64)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{what}: expected comma-separated numbers; got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{what}: expected finite numbers; got {text!r}")
+    return values
+
+
+def lower_bounds(space: PruningSpace, spec: str | float | Sequence[float]) -> np.ndarray:
+    """Per group lower bound of the pruning ratio, from a schedule.
+
+    Args:
+        space: The pruning space.
+        spec: A number (every group); ``"stages:A,B,C"`` (one value per stage, see
+            :func:`group_stages`); ``"cosine:LOW,HIGH"`` (``LOW + (HIGH - LOW) * (1 -
+            cos(pi * d)) / 2`` at depth ``d = g / (groups - 1)``); or one value per group.
+
+    Raises:
+        ValueError: A malformed spec, or a stage count that does not match the model.
+
+    """
+    n = space.n_groups
+    if isinstance(spec, str):
+        kind, _, rest = spec.partition(":")
+        if kind == "stages":
+            values = _floats(rest, "lower bounds 'stages:...'")
+            stages = group_stages(space)
+            n_stages = int(stages.max()) + 1 if n else 0
+            if len(values) != n_stages:
+                raise ValueError(f"lower bounds {spec!r} give {len(values)} values, but the model "
+                                 f"has {n_stages} stages (feature-map resolutions) among its "
+                                 f"prunable groups: give one value per stage")
+            out = np.array(values)[stages]
+        elif kind == "cosine":
+            values = _floats(rest, "lower bounds 'cosine:LOW,HIGH'")
+            if len(values) != 2:
+                raise ValueError(f"lower bounds 'cosine:LOW,HIGH' need two values; got {spec!r}")
+            lo, hi = values
+            w = (1.0 - np.cos(np.pi * np.arange(n) / max(n - 1, 1))) / 2.0
+            if n > 1:
+                w[-1] = 1.0  # exactly HIGH at the last group
+            out = lo * (1.0 - w) + hi * w
+        elif not rest:
+            values = _floats(spec, "lower bound")
+            if len(values) != 1:
+                raise ValueError(f"lower bound {spec!r}: one number applies to every group; for "
+                                 "one value per stage write 'stages:A,B,C'")
+            out = np.full(n, values[0])
+        else:
+            raise ValueError(f"unknown lower-bound schedule {spec!r}; use {LOWER_BOUNDS_HELP}")
+    elif isinstance(spec, (int, float)):
+        out = np.full(n, float(spec))
+    else:
+        out = np.asarray(spec, dtype=np.float64)
+        if out.shape != (n,):
+            raise ValueError(f"per-group lower bounds need {n} values (one per group); got "
+                             f"{out.shape[0] if out.ndim == 1 else out.shape}")
+    if (out < 0).any() or not np.isfinite(out).all():
+        raise ValueError(f"lower bounds must be finite and >= 0; {spec!r} gives {out.tolist()}")
+    return out
+
+
+class CriterionRatioProblem(PruningProblem):
+    """Per prunable group a pruning ratio and a ranking criterion (EvoFC).
+
+    Channel rankings are computed once, for every criterion, on the network the search
+    starts from (``evaluator.model``); a genome picks, per group, how many channels to keep
+    and whose ranking decides which.
+
+    Args:
+        evaluator: Accuracy of plans on the hold-out split (e.g. an
+            :class:`~moprune.inheritance.InheritanceEvaluator`).
+        criteria: Registered criterion names, in bin order (default: EvoFC's four).
+        lower: Lower-bound schedule of the ratios (see :func:`lower_bounds`).
+        max_ratio: Upper bound of every ratio (< 1; 0.99 keeps ``ceil(0.01 n)`` channels).
+        variables: ``"pairs"`` (real-coded pairs, the paper) or ``"mixed"`` (pymoo ``Real``
+            and ``Choice`` variables).
+        objectives: Names from ``moprune.problems.OBJECTIVES``.
+        max_macs_ratio: Optional constraint on MACs / baseline MACs.
+        max_accuracy_drop: Optional constraint on the accuracy drop (fraction).
+        score_context: Batch of training images, seed and ``reinit`` for the criteria.
+
+    """
+
+    def __init__(self, evaluator: MaskScorer, criteria: Sequence[str] = EVOFC_CRITERIA,
+                 lower: str | float | Sequence[float] = 0.0, max_ratio: float = 0.99,
+                 variables: str = "pairs",
+                 objectives: Sequence[str] = ("error", "macs_ratio"),
+                 max_macs_ratio: float | None = None, max_accuracy_drop: float | None = None,
+                 score_context: ScoreContext | None = None) -> None:
+        if variables not in VARIABLES:
+            raise ValueError(f"variables must be one of {VARIABLES}; got {variables!r}")
+        criteria = tuple(criteria)
+        if not criteria or len(set(criteria)) != len(criteria):
+            raise ValueError(f"criteria must be distinct registered names; got {criteria}")
+        space = evaluator.space
+        rankings = {c: rank_channels(space, CRITERIA.get(c).score(evaluator.model, space,
+                                                                  score_context))
+                    for c in criteria}
+        encoding = CriterionRatioEncoding(space, rankings, lower_bounds(space, lower),
+                                          space.policy.min_channels, max_ratio)
+        self.criteria = criteria
+        self.variables = variables
+        vars_ = None
+        if variables == "mixed":
+            vars_ = {}
+            for g in range(space.n_groups):
+                vars_[f"r{g}"] = Real(bounds=(float(encoding.lower[g]), max_ratio))
+                vars_[f"c{g}"] = Choice(options=list(criteria))
+        super().__init__(evaluator, encoding, objectives, max_macs_ratio, max_accuracy_drop,
+                         xl=encoding.xl, xu=encoding.xu, vtype=float, vars=vars_)
+
+    def to_genome(self, X: np.ndarray) -> np.ndarray:
+        """Pair vectors ``(n, 2 x groups)`` of a population's X (pairs, or mixed dicts)."""
+        X = np.asarray(X)
+        if X.dtype != object:
+            return np.atleast_2d(X).astype(np.float64)
+        enc: CriterionRatioEncoding = self.encoding  # type: ignore[assignment]
+        index = {c: i for i, c in enumerate(self.criteria)}
+        rows = []
+        for x in np.atleast_1d(X):
+            if not isinstance(x, dict):
+                raise TypeError(f"mixed-variable genomes are dicts {{'r0': ratio, 'c0': "
+                                f"criterion, ...}}; got {type(x).__name__}")
+            g = np.arange(self.space.n_groups)
+            ratios = [float(x[f"r{i}"]) for i in g]
+            genes = enc.criterion_gene(np.array([index[x[f"c{i}"]] for i in g]))
+            rows.append(np.column_stack([ratios, genes]).ravel())
+        return np.array(rows, dtype=np.float64)
+
+    def decode_masks(self, X: np.ndarray) -> np.ndarray:
+        return self.encoding.decode_masks(self.to_genome(X))
+
+    def _evaluate(self, x, out, *args, **kwargs):
+        super()._evaluate(self.to_genome(x), out, *args, **kwargs)
+
+    def genome_key(self, x: np.ndarray) -> str:
+        return ",".join(repr(float(v)) for v in self.to_genome(np.asarray(x))[0])
+
+    def genome_from_key(self, key: str) -> np.ndarray:
+        """Inverse of :meth:`genome_key` (always the pair vector, also for mixed variables)."""
+        return np.array([float(v) for v in key.split(",")], dtype=np.float64)
+
+    def describe(self, key: str) -> list[dict]:
+        """Per group ratio, criterion and kept channels of a recorded genome."""
+        return self.encoding.describe(self.genome_from_key(key))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class EvoFCConfig:
+    """The published NSGA-II settings of EvoFC (CIFAR: 10/10/20; ImageNet: 40/40/30).
+
+    Attributes:
+        pop_size: Population size.
+        n_offsprings: Offspring per generation.
+        crossover_prob: Probability of two-point crossover per mating.
+        mutation_eta: Distribution index of the polynomial mutation (published: 3).
+        mutation_prob_var: Per-gene mutation probability (None: 1 / genes, pymoo's default).
+
+    """
+
+    pop_size: int = 10
+    n_offsprings: int = 10
+    crossover_prob: float = 0.9
+    mutation_eta: float = 3.0
+    mutation_prob_var: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.pop_size < 2 or self.n_offsprings < 1:
+            raise ValueError(f"EvoFC needs pop_size >= 2 and n_offsprings >= 1; got "
+                             f"{self.pop_size} and {self.n_offsprings}")
+        if not 0.0 <= self.crossover_prob <= 1.0:
+            raise ValueError(f"crossover_prob must be in [0, 1]; got {self.crossover_prob}")
+        if not self.mutation_eta > 0:
+            raise ValueError(f"mutation_eta must be > 0; got {self.mutation_eta}")
+        p = self.mutation_prob_var
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise ValueError(f"mutation_prob_var must be None or in [0, 1]; got {p}")
+
+    def evaluations(self, generations: int) -> int:
+        """Candidates a run of ``generations`` evaluates (pymoo counts the first as one)."""
+        return self.pop_size + self.n_offsprings * (generations - 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+INITS = ("random", "pretrained")
+TRAINING = ("inherit", "scratch", "none")
+
+
+@dataclass(frozen=True)
+class EvoFCOptions:
+    """The search space and the scoring of an EvoFC search (see ``make_problem``).
+
+    Attributes:
+        criteria: Criterion names, in bin order (default: EvoFC's four).
+        lower: Lower-bound schedule of the ratios (see :func:`lower_bounds`).
+        max_ratio: Upper bound of every ratio (< 1).
+        variables: ``"pairs"`` (real-coded, the paper) or ``"mixed"`` (pymoo mixed variables).
+        reinit_criteria: Compute the gradient criteria on a Xavier re-initialised copy (the
+            paper); False uses the starting weights as they are.
+        init: The network the search starts from: ``"random"`` (:func:`moprune.inheritance.
+            random_init` seeded by the run seed; the paper) or ``"pretrained"`` (the problem
+            file's weights).
+        training: ``"inherit"`` (weight inheritance through a supernet, one global schedule
+            of ``epochs``), ``"scratch"`` (every candidate re-initialised and trained
+            ``epochs`` epochs on its own) or ``"none"`` (scored as is: sensible only from
+            pretrained weights).
+        epochs: ``inherit``: length of the global schedule (one normal training run, shared
+            by all candidates); ``scratch``: epochs per candidate.
+        lr: Initial learning rate of that training (the task's schedule shape, momentum,
+            weight decay, batch size and augmentation).
+        planned: Candidates the search evaluates (``EvoFCConfig.evaluations(generations)``);
+            they share the global schedule.
+
+    """
+
+    criteria: tuple[str, ...] = EVOFC_CRITERIA
+    lower: str = "0"
+    max_ratio: float = 0.99
+    variables: str = "pairs"
+    reinit_criteria: bool = True
+    init: str = "random"
+    training: str = "inherit"
+    epochs: int = 1
+    lr: float = 0.1
+    planned: int = 200
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, value, valid in (("variables", self.variables, VARIABLES),
+                                   ("init", self.init, INITS),
+                                   ("training", self.training, TRAINING)):
+            if value not in valid:
+                problems.append(f"{name} must be one of {valid}; got {value!r}")
+        for c in self.criteria:
+            if c not in CRITERIA.names():
+                problems.append(f"unknown criterion {c!r}; registered: "
+                                f"{', '.join(CRITERIA.names())}")
+        if not 0.0 < self.max_ratio < 1.0:
+            problems.append(f"max_ratio must be in (0, 1); got {self.max_ratio}")
+        if self.training != "none" and self.epochs < 1:
+            problems.append(f"training {self.training!r} needs epochs >= 1; got {self.epochs}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            problems.append(f"lr must be a finite number > 0; got {self.lr}")
+        if self.planned < 1:
+            problems.append(f"planned must be >= 1; got {self.planned}")
+        if problems:
+            raise ValueError("invalid EvoFC options: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["criteria"] = list(self.criteria)
+        return d
+
+
+class MixedNSGA2(MixedVariableGA):
+    """NSGA-II on pymoo mixed variables: rank-and-crowding survival, binary tournament."""
+
+    def __init__(self, pop_size: int, n_offsprings: int, mating: MixedVariableMating) -> None:
+        super().__init__(pop_size=pop_size, n_offsprings=n_offsprings,
+                         sampling=MixedVariableSampling(), mating=mating,
+                         eliminate_duplicates=MixedVariableDuplicateElimination(),
+                         survival=RankAndCrowding(), output=MultiObjectiveOutput(),
+                         advance_after_initial_infill=True)
+        self.tournament_type = "comp_by_dom_and_crowding"
+
+    def _set_optimum(self, **kwargs):
+        if not has_feasible(self.pop):
+            self.opt = self.pop[[np.argmin(self.pop.get("CV"))]]
+        else:
+            self.opt = self.pop[self.pop.get("rank") == 0]
+
+
+def evofc_nsga2(problem: CriterionRatioProblem, config: EvoFCConfig | None = None) -> Algorithm:
+    """EvoFC's NSGA-II: binary tournament, two-point crossover, polynomial mutation (eta 3).
+
+    Binary tournament on rank and crowding; duplicates are eliminated.
+
+    With mixed variables the ratios get the same two operators (crossover within the ratio
+    genes) and each criterion a uniform crossover and a random re-choice with the per-gene
+    probability.
+    """
+    config = config or EvoFCConfig()
+    selection = TournamentSelection(func_comp=binary_tournament)
+    if problem.variables == "pairs":
+        return NSGA2(pop_size=config.pop_size, n_offsprings=config.n_offsprings,
+                     sampling=FloatRandomSampling(), selection=selection,
+                     crossover=TwoPointCrossover(prob=config.crossover_prob),
+                     mutation=PM(eta=config.mutation_eta, prob_var=config.mutation_prob_var),
+                     eliminate_duplicates=True)
+    per_gene = config.mutation_prob_var
+    if per_gene is None:
+        per_gene = 1.0 / problem.space.n_groups
+    mating = MixedVariableMating(
+        selection=selection,
+        crossover={Real: TwoPointCrossover(prob=config.crossover_prob), Choice: UX()},
+        mutation={Real: PM(eta=config.mutation_eta, prob_var=per_gene),
+                  Choice: ChoiceRandomMutation(prob_var=per_gene)},
+        eliminate_duplicates=MixedVariableDuplicateElimination())
+    return MixedNSGA2(config.pop_size, config.n_offsprings, mating)
+
+
+__all__ = ["EVOFC_CRITERIA", "CriterionRatioProblem", "EvoFCConfig", "EvoFCOptions", "MixedNSGA2",
+           "evofc_nsga2", "group_stages", "lower_bounds"]
