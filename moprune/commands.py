@@ -28,7 +28,6 @@ from moprune.inheritance import InheritanceEvaluator
 from moprune.retraining import final_recipe, partial_recipe
 from moprune.runs import RunDir, RunDirError, git_hash, versions
 from moprune.search import (
-    SUPERNET,
     SearchConfig,
     load_supernet,
     run_knee,
@@ -138,6 +137,10 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
     if algo != EVOFC and given:
         flag = "--" + given[0].replace("_", "-")
         raise ValueError(f"{flag} is an option of --algorithm evofc, not of {algo}")
+    if algo == EVOFC and args.max_accuracy_drop is not None and args.init in (None, "random"):
+        raise ValueError("--max-accuracy-drop compares with the starting network, which is "
+                         "untrained with --init random; use it with --init pretrained, or "
+                         "constrain MACs (--max-macs-ratio) instead")
     if algo == EVOFC and args.partial_epochs > 0:
         raise ValueError("--partial-epochs does not apply to evofc; its candidates train by "
                          "--training inherit|scratch with --search-epochs")
@@ -232,8 +235,8 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
                          objectives=tuple(ident["objectives"]) if ccep else None,
                          residual=ident.get("residual"), retrain=retrain, seed=ident["seed"],
                          evofc=evofc)
-    if isinstance(setup.evaluator, InheritanceEvaluator) and (run.path / SUPERNET).exists():
-        load_supernet(run, setup.evaluator)
+    if isinstance(setup.evaluator, InheritanceEvaluator):
+        load_supernet(run, setup.evaluator)  # refuses an unfinished run
     return setup
 
 
