@@ -32,27 +32,23 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shlex
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
 from benchmark_evaluator import ensure_weights, git_commit, machine_info, prepare_data
+from study import ROLES, search_export_report
 
 from moprune.analysis import format_table
-from moprune.cli import main as moprune
 from moprune.runs import RunDir
-from moprune.tradeoffs import resolve_role
 
 REPO = Path(__file__).resolve().parents[1]
 # ResNet-56 / CIFAR-10 anchors (project METHODS.md): (method, accuracy change, FLOPs removed %)
 ANCHORS = (("CCEP", 0.24, 63.4), ("DepGraph", 0.11, 61.1), ("C-SGD", 0.05, 60.8),
            ("GReg-2", 0.00, 60.8), ("DepGraph", 0.24, 53.1), ("ResRep", 0.00, 52.9),
            ("HRank", -0.09, 50.0), ("HRank (aggressive)", -2.54, 74.1))
-ROLES = ("heavy", "knee", "light")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -99,18 +95,6 @@ def export_argv(args: argparse.Namespace) -> list[str]:
     return ["export", str(args.out), "--elites", "--out", str(args.out / "elites"),
             "--finetune-epochs", str(args.final_epochs), "--recipe", "deeppruninges",
             "--device", args.device]
-
-
-def _exported(args: argparse.Namespace) -> dict | None:
-    """The export's summary, if it exists for this budget and the run's current three models."""
-    path = args.out / "elites" / "elites.json"
-    if not path.exists():
-        return None
-    summary = json.loads(path.read_text())
-    current = {role: resolve_role(RunDir(args.out), role)["id"] for role in ROLES}
-    exported = {role: summary["models"][role]["record"]["id"] for role in ROLES}
-    return summary if (summary["finetune_epochs"] == args.final_epochs
-                       and exported == current) else None
 
 
 def report(args: argparse.Namespace, run: RunDir, summary: dict, seconds: float) -> str:
@@ -193,20 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     ensure_weights()
     root = prepare_data(args.data_root)
-    start = time.perf_counter()
-    # a finished search is not resumed again (that would repeat the front's test retraining)
-    status = 0 if (args.out / "front.json").exists() else moprune(search_argv(args, root))
-    if status != 0 or not (args.out / "front.json").exists():
-        print("the search did not finish; run the same command again to resume it")
-        return status or 1
-    summary = _exported(args)
-    if summary is None:
-        status = moprune(export_argv(args))
-        if status != 0:
-            return status
-        summary = _exported(args)
-    print(report(args, RunDir(args.out), summary, time.perf_counter() - start))
-    return 0
+    return search_export_report(
+        args.out, args.final_epochs, search_argv(args, root), export_argv(args),
+        lambda summary, seconds: report(args, RunDir(args.out), summary, seconds))
 
 
 if __name__ == "__main__":

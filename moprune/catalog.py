@@ -32,15 +32,21 @@ def load_cifar10(request: DataRequest) -> DataBundle:
 
 
 def cifar_resnet_task(depth: int, options: TaskOptions, policy: SpacePolicy) -> PruningTask:
-    """ResNet-``depth`` on CIFAR-10: published weights unless ``options.weights`` is given."""
-    model = cifar_resnet(depth, num_classes=10, pretrained=options.weights is None)
+    """ResNet-``depth`` on CIFAR-10: published weights unless ``options.weights`` is given.
+
+    With ``options.pretrained`` False (the run re-initialises it) nothing is loaded.
+    """
+    model = cifar_resnet(depth, num_classes=10,
+                         pretrained=options.weights is None and options.pretrained)
+    default = ("published (akamaster/pytorch_resnet_cifar10)" if options.pretrained
+               else "not loaded (the run re-initialises the network)")
     if options.weights is not None:
         load_weights(model, options.weights)
     return PruningTask(
         name=f"resnet{depth}_cifar10", model=model, input_shape=(3, 32, 32),
         load_data=load_cifar10, policy=policy, encoding="mask", finetune=CIFAR_RECIPE,
         description=f"CIFAR ResNet-{depth} (He et al. 2016, option-A shortcuts); weights: "
-                    f"{options.weights or 'published (akamaster/pytorch_resnet_cifar10)'}",
+                    f"{options.weights or default}",
     )
 
 

@@ -56,8 +56,8 @@ MEMBER_COLUMNS = (
 )
 
 
-def _options(weights: Path | None) -> TaskOptions:
-    return TaskOptions(weights=weights.resolve() if weights else None)
+def _options(weights: Path | None, pretrained: bool = True) -> TaskOptions:
+    return TaskOptions(weights=weights.resolve() if weights else None, pretrained=pretrained)
 
 
 DEFAULT_SIZES = {"nsga2": (40, 20), "ccep": (5, 10), "deeppruninges": (30, 11),
@@ -141,6 +141,10 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         raise ValueError("--max-accuracy-drop compares with the starting network, which is "
                          "untrained with --init random; use it with --init pretrained, or "
                          "constrain MACs (--max-macs-ratio) instead")
+    if algo == EVOFC and args.training == "none" and args.init in (None, "random"):
+        raise ValueError("--training none scores candidates as they are, which from a random "
+                         "initialisation is chance; add --init pretrained, or train them "
+                         "(--training inherit or scratch)")
     if algo == EVOFC and args.partial_epochs > 0:
         raise ValueError("--partial-epochs does not apply to evofc; its candidates train by "
                          "--training inherit|scratch with --search-epochs")
@@ -219,9 +223,10 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
     if weights is not None and weights.is_file() and \
             file_sha256(weights) != ident.get("weights_sha256"):
         print(f"warning: {weights} changed since the run was made; results may differ")
-    task = load_problem_file(problem, TaskOptions(weights=weights))
-    retrain = _partial(ident, task)
     evofc = _evofc_from(ident)
+    random_start = evofc is not None and evofc.init == "random"
+    task = load_problem_file(problem, TaskOptions(weights=weights, pretrained=not random_start))
+    retrain = _partial(ident, task)
     data = task.load_data(DataRequest(
         root=Path(ident["data_root"]) if ident["data_root"] else None, seed=ident["seed"],
         eval_images=ident["eval_images"], test_images=ident["test_images"],
@@ -251,7 +256,8 @@ def _evofc_from(identity: dict) -> EvoFCOptions | None:
 
 def _open_run(args: argparse.Namespace) -> tuple[PruningTask, RunDir, dict, bool]:
     """Load the problem file and check the run directory (nothing is written yet)."""
-    task = load_problem_file(args.problem, _options(args.weights))
+    random_start = args.algorithm == EVOFC and (args.init or "random") == "random"
+    task = load_problem_file(args.problem, _options(args.weights, pretrained=not random_start))
     run = RunDir(args.out)
     evofc = evofc_options(args, task) if args.algorithm == EVOFC else None
     config_dict = run_config(args, task.objectives, task.name, evofc)
@@ -323,8 +329,14 @@ def evofc_scoring(evofc: EvoFCOptions, setup: SearchSetup, n_train: int) -> str:
                f"{n_train} training images (lr {evofc.lr}), then scored")
     else:
         how = "scored as is (no training)"
-    return (f"EvoFC from {start}; criteria {', '.join(evofc.criteria)}; ratios in "
-            f"[{evofc.lower}, {evofc.max_ratio}]; {how}")
+    line = (f"EvoFC from {start}; criteria {', '.join(evofc.criteria)}; ratio lower bounds "
+            f"{evofc.lower}, upper bound {evofc.max_ratio}; {how}")
+    if isinstance(setup.evaluator, InheritanceEvaluator) and \
+            setup.evaluator.total_steps < evofc.planned:
+        line += (f"\nwarning: the schedule has fewer steps ({setup.evaluator.total_steps}) than "
+                 f"candidates ({evofc.planned}): most candidates train no step; raise "
+                 "--search-epochs or --train-images")
+    return line
 
 
 def _search_ccep(args: argparse.Namespace) -> int:
@@ -391,12 +403,15 @@ def summary_table(run: RunDir) -> str:
     rows += [_member_row(ROLE_LABELS[role], models[role], baseline)
              for role in ("heavy", "knee", "light")]
     note = "(MACs per image; FLOPs = 2 x MACs"
-    if baseline.get("scored_after_retraining"):
+    evofc = run.config()["identity"].get(EVOFC)
+    if evofc is not None and evofc["training"] == "scratch":
+        note += "; accuracies after each candidate's training from scratch"
+    elif baseline.get("scored_after_retraining"):
         note += "; accuracies after each candidate's partial retraining"
     if "inheritance" in baseline:
         note += ("; hold-out accuracies as scored during the search, test accuracies with the "
-                 f"supernet's final weights; the full-width supernet reaches "
-                 f"{baseline['supernet_test_accuracy']:.2%} test")
+                 "supernet's final weights, BatchNorm re-estimated per plan; the full-width "
+                 f"supernet reaches {baseline['supernet_test_accuracy']:.2%} test")
     return format_table(rows, MEMBER_COLUMNS) + f"\n{note})"
 
 
@@ -432,6 +447,10 @@ def cmd_pick(args: argparse.Namespace) -> int:
     elif args.max_macs_ratio is not None:
         rule = PickRule("max_macs_ratio", args.max_macs_ratio)
     else:
+        evofc = run.config()["identity"].get(EVOFC)
+        if evofc is not None and evofc["init"] == "random":
+            raise ValueError("--max-accuracy-drop compares with the starting network, which this "
+                             "EvoFC run initialised at random; use --max-macs-ratio or --knee")
         rule = PickRule("max_accuracy_drop", args.max_accuracy_drop)
     chosen = pick(front, baseline, rule, objectives)
     if args.json:
@@ -489,7 +508,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     metrics = export_candidate(setup, record, args.out, finetune_epochs=args.finetune_epochs,
                                seed=seed, device=device, progress=not args.quiet,
                                finetune_config=recipe,
-                               model=start_model(setup, run, record, args.start, seed))
+                               model=start_model(setup, run, record, args.start, seed),
+                               start=args.start)
     baseline = metrics["baseline"]
     print(f"exported candidate {record['id']} to {args.out}")
     print(f"  MACs {metrics['macs']:,} ({1 - metrics['macs_ratio']:.1%} fewer than "

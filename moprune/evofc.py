@@ -46,6 +46,7 @@ from pymoo.util.misc import has_feasible
 from moprune.criteria import CRITERIA, ScoreContext, rank_channels
 from moprune.encoding import CriterionRatioEncoding
 from moprune.evaluator import MaskScorer
+from moprune.plan import PruningPlan
 from moprune.problems import PruningProblem
 from moprune.space import PruningSpace, spatial
 
@@ -85,6 +86,30 @@ def _floats(text: str, what: str) -> list[float]:
     return values
 
 
+def parse_lower_bounds(spec: str) -> tuple[str, list[float]]:
+    """``(kind, values)`` of a lower-bound schedule string, checked for syntax.
+
+    Kinds: ``"constant"`` (one number), ``"stages"`` (one or more) and ``"cosine"`` (two).
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "stages":
+        return kind, _floats(rest, "lower bounds 'stages:...'")
+    if kind == "cosine":
+        values = _floats(rest, "lower bounds 'cosine:LOW,HIGH'")
+        if len(values) != 2:
+            raise ValueError(f"lower bounds 'cosine:LOW,HIGH' need two values; got {spec!r}")
+        return kind, values
+    if rest:
+        raise ValueError(f"unknown lower-bound schedule {spec!r}; use {LOWER_BOUNDS_HELP}")
+    values = _floats(spec, "lower bound")
+    if len(values) != 1:
+        raise ValueError(f"lower bound {spec!r}: one number applies to every group; for "
+                         "one value per stage write 'stages:A,B,C'")
+    if values[0] < 0:
+        raise ValueError(f"lower bounds must be finite and >= 0; got {spec!r}")
+    return "constant", values
+
+
 def lower_bounds(space: PruningSpace, spec: str | float | Sequence[float]) -> np.ndarray:
     """Per group lower bound of the pruning ratio, from a schedule.
 
@@ -100,9 +125,8 @@ def lower_bounds(space: PruningSpace, spec: str | float | Sequence[float]) -> np
     """
     n = space.n_groups
     if isinstance(spec, str):
-        kind, _, rest = spec.partition(":")
+        kind, values = parse_lower_bounds(spec)
         if kind == "stages":
-            values = _floats(rest, "lower bounds 'stages:...'")
             stages = group_stages(space)
             n_stages = int(stages.max()) + 1 if n else 0
             if len(values) != n_stages:
@@ -111,22 +135,13 @@ def lower_bounds(space: PruningSpace, spec: str | float | Sequence[float]) -> np
                                  f"prunable groups: give one value per stage")
             out = np.array(values)[stages]
         elif kind == "cosine":
-            values = _floats(rest, "lower bounds 'cosine:LOW,HIGH'")
-            if len(values) != 2:
-                raise ValueError(f"lower bounds 'cosine:LOW,HIGH' need two values; got {spec!r}")
             lo, hi = values
             w = (1.0 - np.cos(np.pi * np.arange(n) / max(n - 1, 1))) / 2.0
             if n > 1:
                 w[-1] = 1.0  # exactly HIGH at the last group
             out = lo * (1.0 - w) + hi * w
-        elif not rest:
-            values = _floats(spec, "lower bound")
-            if len(values) != 1:
-                raise ValueError(f"lower bound {spec!r}: one number applies to every group; for "
-                                 "one value per stage write 'stages:A,B,C'")
-            out = np.full(n, values[0])
         else:
-            raise ValueError(f"unknown lower-bound schedule {spec!r}; use {LOWER_BOUNDS_HELP}")
+            out = np.full(n, values[0])
     elif isinstance(spec, (int, float)):
         out = np.full(n, float(spec))
     else:
@@ -220,9 +235,24 @@ class CriterionRatioProblem(PruningProblem):
         """Inverse of :meth:`genome_key` (always the pair vector, also for mixed variables)."""
         return np.array([float(v) for v in key.split(",")], dtype=np.float64)
 
-    def describe(self, key: str) -> list[dict]:
-        """Per group ratio, criterion and kept channels of a recorded genome."""
-        return self.encoding.describe(self.genome_from_key(key))  # type: ignore[attr-defined]
+    @property
+    def n_genes(self) -> int:
+        """Real genes of the pair form (2 per group), whatever the variables."""
+        return 2 * self.space.n_groups
+
+    def describe(self, x: str | dict | np.ndarray) -> list[dict]:
+        """Per group ratio, criterion and kept channels of a genome.
+
+        ``x``: a recorded key (``candidates.jsonl``), a mixed-variable dict or a pair vector.
+        """
+        genome = self.genome_from_key(x) if isinstance(x, str) else self.to_genome(
+            np.array([x], dtype=object) if isinstance(x, dict) else x)[0]
+        return self.encoding.describe(genome)  # type: ignore[attr-defined]
+
+    def decode(self, x: dict | np.ndarray) -> PruningPlan:
+        """The plan of one genome (a pair vector or a mixed-variable dict)."""
+        genome = self.to_genome(np.array([x], dtype=object) if isinstance(x, dict) else x)[0]
+        return self.encoding.decode(genome)
 
 
 @dataclass(frozen=True)
@@ -265,6 +295,7 @@ class EvoFCConfig:
 
 
 INITS = ("random", "pretrained")
+RANK_AND_CROWDING = "comp_by_rank_and_crowding"  # pymoo's binary tournament on rank, crowding
 TRAINING = ("inherit", "scratch", "none")
 
 
@@ -325,6 +356,16 @@ class EvoFCOptions:
             problems.append(f"lr must be a finite number > 0; got {self.lr}")
         if self.planned < 1:
             problems.append(f"planned must be >= 1; got {self.planned}")
+        if len(set(self.criteria)) != len(self.criteria) or not self.criteria:
+            problems.append(f"criteria must be distinct registered names; got "
+                            f"{list(self.criteria)}")
+        try:
+            _, values = parse_lower_bounds(self.lower)
+            if any(v < 0 or v >= self.max_ratio for v in values):
+                problems.append(f"lower bounds must be in [0, max_ratio={self.max_ratio}); got "
+                                f"{self.lower!r}")
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise ValueError("invalid EvoFC options: " + "; ".join(problems))
 
@@ -343,7 +384,7 @@ class MixedNSGA2(MixedVariableGA):
                          eliminate_duplicates=MixedVariableDuplicateElimination(),
                          survival=RankAndCrowding(), output=MultiObjectiveOutput(),
                          advance_after_initial_infill=True)
-        self.tournament_type = "comp_by_dom_and_crowding"
+        self.tournament_type = RANK_AND_CROWDING
 
     def _set_optimum(self, **kwargs):
         if not has_feasible(self.pop):
@@ -364,14 +405,16 @@ def evofc_nsga2(problem: CriterionRatioProblem, config: EvoFCConfig | None = Non
     config = config or EvoFCConfig()
     selection = TournamentSelection(func_comp=binary_tournament)
     if problem.variables == "pairs":
-        return NSGA2(pop_size=config.pop_size, n_offsprings=config.n_offsprings,
-                     sampling=FloatRandomSampling(), selection=selection,
-                     crossover=TwoPointCrossover(prob=config.crossover_prob),
-                     mutation=PM(eta=config.mutation_eta, prob_var=config.mutation_prob_var),
-                     eliminate_duplicates=True)
+        algorithm = NSGA2(pop_size=config.pop_size, n_offsprings=config.n_offsprings,
+                          sampling=FloatRandomSampling(), selection=selection,
+                          crossover=TwoPointCrossover(prob=config.crossover_prob),
+                          mutation=PM(eta=config.mutation_eta, prob_var=config.mutation_prob_var),
+                          eliminate_duplicates=True)
+        algorithm.tournament_type = RANK_AND_CROWDING
+        return algorithm
     per_gene = config.mutation_prob_var
     if per_gene is None:
-        per_gene = 1.0 / problem.space.n_groups
+        per_gene = 1.0 / problem.n_genes  # as with pairs: 1 / (2 x groups) per variable
     mating = MixedVariableMating(
         selection=selection,
         crossover={Real: TwoPointCrossover(prob=config.crossover_prob), Choice: UX()},
@@ -382,4 +425,4 @@ def evofc_nsga2(problem: CriterionRatioProblem, config: EvoFCConfig | None = Non
 
 
 __all__ = ["EVOFC_CRITERIA", "CriterionRatioProblem", "EvoFCConfig", "EvoFCOptions", "MixedNSGA2",
-           "evofc_nsga2", "group_stages", "lower_bounds"]
+           "evofc_nsga2", "group_stages", "lower_bounds", "parse_lower_bounds"]

@@ -28,7 +28,7 @@ def thop_cost(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]
 def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epochs: int = 0,
                      seed: int = 0, device: str | torch.device = "cpu",
                      progress: bool = True, finetune_config: FinetuneConfig | None = None,
-                     model: nn.Module | None = None) -> dict:
+                     model: nn.Module | None = None, start: str = "scored") -> dict:
     """Prune the full model to ``record``'s plan, optionally fine-tune, measure and save.
 
     The file holds ``{"model", "plan", "normalization", "metrics", "input_shape", "genome",
@@ -46,6 +46,8 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
         model: The candidate's network when it is not the full network pruned to the plan
             (a CCEP round's fine-tuned network, inherited or re-initialised weights); it is
             copied, not changed.
+        start: What ``model`` is (``"scored"`` or ``"scratch"``), for the metrics and the
+            fine-tuning checkpoint.
 
     Fine-tuning writes a checkpoint after every epoch to ``OUT.ckpt``; an interrupted export
     run again with the same settings resumes from it. It is removed once ``out`` is written.
@@ -72,6 +74,7 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
         "val_accuracy": val_acc, "val_loss": val_loss, "test_accuracy": test_acc,
         "val_images": len(data.val), "test_images": len(data.test),
         "baseline": dict(problem.baseline), "finetune_epochs": finetune_epochs,
+        "start": start,
         "units": "MACs and FLOPs per image (FLOPs = 2 x MACs)",
     }
     if finetune_epochs > 0:
@@ -81,7 +84,9 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
         gen = torch.Generator().manual_seed(seed)
         result = finetune(model, data.train, data.normalization, cfg, generator=gen,
                           device=device, val=data.val, progress=progress,
-                          checkpoint_path=checkpoint_file(out))
+                          checkpoint_path=checkpoint_file(out),
+                          checkpoint_key={"id": record["id"], "genome": record["genome"],
+                                          "start": start, "seed": seed})
         val_acc, val_loss = evaluate_accuracy(model, data.val, data.normalization, device=device)
         test_acc, _ = evaluate_accuracy(model, data.test, data.normalization, device=device)
         metrics.update({"pre_finetune_val_accuracy": metrics["val_accuracy"],

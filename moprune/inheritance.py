@@ -38,6 +38,7 @@ from moprune.evaluator import EvalResult, EvalStats, Evaluator, resolve_device
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.sliced import SlicedModel
 from moprune.space import BATCHNORM, CONV, DEPTHWISE, LINEAR, PruningSpace
+from moprune.surgery import prune_model
 from moprune.training import (
     CROP_MIN_SIZE,
     CROP_PADDING,
@@ -46,6 +47,7 @@ from moprune.training import (
     _batch_bounds,
     _lr_at,
     _norm_tensors,
+    evaluate_accuracy,
 )
 from moprune.zoo.data import Normalization, Split
 
@@ -79,6 +81,31 @@ def random_init(model: nn.Module, seed: int) -> nn.Module:
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.reset_parameters()
     return net
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, inputs: list[torch.Tensor]) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics in place from ``inputs``.
+
+    The statistics are reset and replaced by the plain average over the batches (as
+    ``momentum=None`` does); weights are untouched. The model is left in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not inputs:
+        return model.eval()
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for x in inputs:
+            model(x)
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
+    return model
 
 
 def take_out(sliced: SlicedModel, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -179,19 +206,23 @@ class InheritanceEvaluator:
         normalization: Mean/std the model expects.
         recipe: The global schedule: ``epochs`` (the length of one normal training run, over
             the whole search), learning rate and its schedule, momentum, weight decay, batch
-            size and augmentation. Each candidate's optimiser starts fresh (no momentum
-            carried over); the learning rate follows the global step.
+            size and augmentation. The learning rate follows the global step; SGD's momentum
+            buffers are inherited like the weights (taken out and written back).
         planned: Candidates the search will evaluate; they share the schedule's steps.
             Candidates beyond ``planned`` train no steps.
         seed: Seed of the batch stream and of dropout.
         device: ``"cpu"`` or ``"cuda"``.
         progress: Show a progress bar over candidates.
+        calibration_batches: Training batches that re-estimate BatchNorm statistics when a
+            plan is measured on the supernet's current weights (:meth:`evaluate_on`,
+            :meth:`pruned`); the supernet's own statistics mix all candidates' plans.
 
     """
 
     def __init__(self, model: nn.Module, space: PruningSpace, train: Split, val: Split,
                  normalization: Normalization, recipe: FinetuneConfig, planned: int, seed: int,
-                 device: str | torch.device = "cpu", progress: bool = False) -> None:
+                 device: str | torch.device = "cpu", progress: bool = False,
+                 calibration_batches: int = 10) -> None:
         if recipe.epochs < 1:
             raise ValueError(f"weight inheritance needs a schedule of >= 1 epoch (got "
                              f"{recipe.epochs}); use the plain Evaluator to score without "
@@ -214,6 +245,14 @@ class InheritanceEvaluator:
                                mode="slice")
         self.supernet = self._eval.network
         self._sliced = SlicedModel(self.supernet, space)
+        # SGD momentum of every supernet parameter, inherited like the weights
+        self._momentum = copy.deepcopy(self.supernet)
+        with torch.no_grad():
+            for p in self._momentum.parameters():
+                p.zero_()
+                p.requires_grad_(False)
+        self._momentum_sliced = SlicedModel(self._momentum, space)
+        self.calibration_batches = calibration_batches
         self._stream = BatchStream(train, normalization, recipe, seed, self.device)
         self.total_steps = recipe.epochs * self._stream.steps_per_epoch
         self.trained = 0  # candidates trained so far (the position in the schedule)
@@ -282,6 +321,13 @@ class InheritanceEvaluator:
         opt = torch.optim.SGD([*params.values(), *shared.values()], lr=r.lr,
                               momentum=r.momentum, nesterov=r.nesterov,
                               weight_decay=r.weight_decay)
+        momentum = take_out(self._momentum_sliced, mask)
+        momentum_shared = dict(self._momentum.named_parameters())
+        if r.momentum > 0:  # a zero buffer makes the first step what a fresh SGD's would be
+            for k, p in params.items():
+                opt.state[p]["momentum_buffer"] = momentum[k]
+            for n, p in shared.items():
+                opt.state[p]["momentum_buffer"] = momentum_shared[n].detach().clone()
         loss_fn = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
         _, groups = self._sliced.tensors(mask)
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -321,28 +367,48 @@ class InheritanceEvaluator:
                           stacklevel=3)
             return False
         write_back(self._sliced, mask, tensors)
+        if r.momentum > 0:
+            write_back(self._momentum_sliced, mask,
+                       {k: opt.state[p]["momentum_buffer"] for k, p in params.items()})
+            with torch.no_grad():
+                for n, p in shared.items():
+                    momentum_shared[n].copy_(opt.state[p]["momentum_buffer"])
         return True
 
     def evaluate_on(self, masks: np.ndarray, split: Split) -> EvalResult:
-        """Accuracy and loss on another split (the test split), supernet weights as they are.
+        """Accuracy and loss on another split (the test split) with the supernet's weights.
 
-        Each plan is scored with the supernet's current weights; nothing is trained.
+        Each plan is measured as :meth:`pruned` builds it: the current weights, BatchNorm
+        statistics re-estimated for the plan. Nothing is trained.
         """
-        ev = Evaluator(self.supernet, self.space, split, self.normalization,
-                       device=self.device, mode="slice")
-        return ev.score(np.atleast_2d(np.asarray(masks, dtype=bool)))
+        acc, loss = [], []
+        for mask in np.atleast_2d(np.asarray(masks, dtype=bool)):
+            a, lo = evaluate_accuracy(self.pruned(mask), split, self.normalization,
+                                      device=self.device)
+            acc.append(a)
+            loss.append(lo)
+        return EvalResult(accuracy=np.array(acc), loss=np.array(loss))
 
     def pruned(self, mask: np.ndarray) -> nn.Module:
-        """The candidate with the supernet's current (inherited) weights, physically pruned."""
-        from moprune.surgery import prune_model
+        """The candidate with the supernet's current (inherited) weights, physically pruned.
 
+        The supernet's BatchNorm statistics mix every candidate's plan, so they are
+        re-estimated for this one: reset, then averaged over ``calibration_batches`` training
+        batches (the first ones of the batch stream) in train mode, without gradients.
+        """
         plan = PruningPlan.from_mask(self.space, np.asarray(mask, dtype=bool))
-        return prune_model(self.supernet, self.space, plan).eval()
+        net = prune_model(self.supernet, self.space, plan)
+        if self.calibration_batches > 0:
+            recalibrate_bn(net, [self._stream.batch(s)[0] for s in
+                                 range(min(self.calibration_batches, self.total_steps))])
+        return net.eval()
 
     def state_dict(self) -> dict:
-        """What a resumed search needs: the supernet's weights and the schedule position."""
+        """What a resumed search needs: the supernet's weights and momentum, the position."""
         return {"supernet": {k: v.detach().cpu().clone()
                              for k, v in self.supernet.state_dict().items()},
+                "momentum": {k: v.detach().cpu().clone()
+                             for k, v in self._momentum.named_parameters()},
                 "trained": self.trained, "recipe": asdict(self.recipe),
                 "planned": self.planned, "seed": self.seed}
 
@@ -354,7 +420,11 @@ class InheritanceEvaluator:
             raise ValueError(f"the saved supernet state was made with another schedule "
                              f"({theirs}); this evaluator has {mine}")
         self.supernet.load_state_dict(state["supernet"])
+        with torch.no_grad():
+            for k, p in self._momentum.named_parameters():
+                p.copy_(state["momentum"][k])
         self.trained = int(state["trained"])
 
 
-__all__ = ["BatchStream", "InheritanceEvaluator", "random_init", "take_out", "write_back"]
+__all__ = ["BatchStream", "InheritanceEvaluator", "random_init", "recalibrate_bn", "take_out",
+           "write_back"]

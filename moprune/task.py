@@ -31,7 +31,7 @@ from moprune.training import FinetuneConfig
 from moprune.zoo.data import DataBundle, check_num_classes
 
 ENTRY_POINT = "build_task"
-ENCODINGS = ("mask", "ratio", "criterion_ratio")
+ENCODINGS = ("mask", "ratio")
 
 
 class ProblemFileError(ValueError):
@@ -44,10 +44,14 @@ class TaskOptions:
 
     Attributes:
         weights: A checkpoint to start from instead of the file's default weights.
+        pretrained: False when the run re-initialises the network anyway (EvoFC's
+            ``--init random``): a problem file may then skip loading (or downloading) its
+            default weights.
 
     """
 
     weights: Path | None = None
+    pretrained: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,8 @@ class PruningTask:
         input_shape: One input, (C, H, W).
         load_data: ``DataRequest -> DataBundle``.
         policy: Which groups may be pruned.
-        encoding: ``"mask"`` (one bit per channel), ``"ratio"`` (one ratio per group) or
-            ``"criterion_ratio"`` (a ratio and a criterion per group: EvoFC).
+        encoding: ``"mask"`` (one bit per channel) or ``"ratio"`` (one ratio per group);
+            EvoFC's ratio-and-criterion genome comes from ``make_problem(..., evofc=...)``.
         objectives: Minimised objectives, names from ``moprune.problems.OBJECTIVES``.
         criterion: Ranking criterion (ratio encoding; repair order of masks).
         finetune: Default fine-tuning recipe for exported models.
@@ -244,12 +248,10 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
     inheritance, training from scratch, or as is), starting from ``evofc.init`` (with
     ``"random"`` the returned ``setup.task.model`` is the re-initialised network).
     """
-    encoding = "criterion_ratio" if evofc is not None else (encoding or task.encoding)
+    encoding = encoding or task.encoding
     objectives = objectives or task.objectives
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}; got {encoding!r}")
-    if encoding == "criterion_ratio" and evofc is None:
-        evofc = EvoFCOptions(training="none", init="pretrained")
     out = task.model(torch.zeros((1, *task.input_shape)))
     check_num_classes(data, int(out.shape[-1]))
     if tuple(data.input_shape) != tuple(task.input_shape):

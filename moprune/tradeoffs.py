@@ -9,6 +9,7 @@ writes a table and a plot of the three against the baseline and the whole front.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -129,16 +130,23 @@ def export_trade_offs(setup: SearchSetup, run: RunDir, out_dir: Path, finetune_e
     for role in ORDER:
         record = models[role]
         path = out_dir / f"{role}.pt"
+        finished = _finished(path, record, finetune_epochs, recipe, start)
         if record["id"] in done:
             first, metrics = done[record["id"]]
             shutil.copyfile(first, path)
+        elif finished is not None:  # an earlier, interrupted --elites export wrote it
+            metrics = finished
+            done[record["id"]] = (path, metrics)
+            if progress:
+                print(f"{role}: candidate {record['id']} already exported to {path}")
         else:
             if progress:
                 print(f"{role}: candidate {record['id']}")
             metrics = export_candidate(setup, record, path, finetune_epochs=finetune_epochs,
                                        seed=seed, device=device, progress=progress,
                                        finetune_config=recipe,
-                                       model=start_model(setup, run, record, start, seed))
+                                       model=start_model(setup, run, record, start, seed),
+                                       start=start)
             done[record["id"]] = (path, metrics)
         exported[role] = {"record": record, "metrics": metrics}
     baseline = run.baseline()
@@ -155,6 +163,23 @@ def export_trade_offs(setup: SearchSetup, run: RunDir, out_dir: Path, finetune_e
     plot_trade_offs(front, baseline, {r: (e["record"], e["metrics"]) for r, e in exported.items()},
                     out_dir / "elites", title=config.get("title"))
     return exported
+
+
+def _finished(path: Path, record: dict, finetune_epochs: int, recipe: FinetuneConfig,
+              start: str) -> dict | None:
+    """Metrics of ``path`` if it already holds this record exported the same way, else None."""
+    if not path.is_file():
+        return None
+    try:
+        metrics = torch.load(path, map_location="cpu", weights_only=False)["metrics"]
+    except Exception:  # noqa: BLE001 - unreadable: export it again
+        return None
+    same = (metrics.get("id") == record["id"] and metrics.get("start") == start
+            and metrics.get("finetune_epochs") == finetune_epochs
+            and (finetune_epochs == 0
+                 or metrics.get("finetune_config") == dataclasses.asdict(
+                     dataclasses.replace(recipe, epochs=finetune_epochs))))
+    return metrics if same else None
 
 
 def _plain(obj: object) -> object:

@@ -267,14 +267,18 @@ def _lr_at(config: FinetuneConfig, step: int, total_steps: int) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
 
 
-def _settings(config: FinetuneConfig, train_size: int, has_val: bool, keep_best: bool) -> dict:
+def _settings(config: FinetuneConfig, train_size: int, has_val: bool, keep_best: bool,
+              key: dict | None = None) -> dict:
     """Everything a checkpoint must agree on to be resumed."""
-    return {
+    settings = {
         "config": dataclasses.asdict(config),
         "train_size": train_size,
         "has_val": has_val,
         "keep_best": keep_best,
     }
+    if key is not None:
+        settings["key"] = key
+    return settings
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -329,6 +333,7 @@ def finetune(
     progress: bool = True,
     checkpoint_path: Path | None = None,
     keep_best: bool = False,
+    checkpoint_key: dict | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place with SGD on ``train``.
 
@@ -357,6 +362,8 @@ def finetune(
             it (model, optimizer and generator state, history).
         keep_best: Restore at the end the weights of the epoch with the best val accuracy
             (needs ``val``).
+        checkpoint_key: What else the checkpoint must agree on to be resumed (e.g. which
+            network is trained, from which start); stored with the settings.
 
     Returns:
         The per-epoch history and the best epoch.
@@ -406,7 +413,7 @@ def finetune(
     best_epoch: int | None = None
     best_accuracy = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
-    settings = _settings(config, size, val is not None, keep_best)
+    settings = _settings(config, size, val is not None, keep_best, checkpoint_key)
     if checkpoint_path is not None:
         checkpoint_path = Path(checkpoint_path)
         if checkpoint_path.exists():

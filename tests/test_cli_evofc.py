@@ -394,7 +394,7 @@ def test_evofc_options_are_refused_for_other_algorithms(option, algorithm, tmp_p
     (["--lower-bounds", "wave:0.1"], "unknown lower-bound schedule"),
     (["--lower-bounds", "-0.1"], "lower bounds must be finite and >= 0"),
     (["--lower-bounds", "0.995"],
-     "lower bounds must be in [0, max_ratio=0.99); group 0 (conv1) has 0.995"),
+     "lower bounds must be in [0, max_ratio=0.99); got '0.995'"),
     (["--max-ratio", "1"], "max_ratio must be in (0, 1)"),
     (["--search-lr", "0"], "lr must be a finite number > 0"),
     (["--search-lr", "nan"], "lr must be a finite number > 0"),

@@ -628,7 +628,7 @@ def test_evofc_preset_mixed_uses_the_same_operators_on_ratios() -> None:
     assert isinstance(mating.crossover[Choice], UX)
     pm = mating.mutation[Real]
     assert isinstance(pm, PM) and pm.eta.value == 3.0
-    assert pm.prob_var.value == pytest.approx(1 / 3)  # 1 / groups
+    assert pm.prob_var.value == pytest.approx(1 / 6)  # 1 / genes of the pair form
     assert isinstance(mating.mutation[Choice], ChoiceRandomMutation)
     assert isinstance(algo.eliminate_duplicates, MixedVariableDuplicateElimination)
     assert isinstance(mating.eliminate_duplicates, MixedVariableDuplicateElimination)

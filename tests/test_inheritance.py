@@ -277,7 +277,7 @@ def test_candidates_beyond_planned_train_nothing() -> None:
     res = ev.evaluate_masks(masks[2:])
     assert ev.trained == 4
     assert_state_equal(snap, ev.supernet)  # no steps left: nothing is trained
-    ref = ev.evaluate_on(masks[2:], val)
+    ref = Evaluator(ev.supernet, ev.space, val, ev.normalization, mode="slice").score(masks[2:])
     np.testing.assert_array_equal(res.accuracy, ref.accuracy)
     np.testing.assert_array_equal(res.loss, ref.loss)
     # every candidate is counted, with the images it was trained and scored on
@@ -317,8 +317,8 @@ def test_training_changes_only_the_kept_entries(which: str) -> None:
         # layers with no pruned dimension (stem, stream BatchNorms, fc) train as a whole
         assert changed_shared > 0
         assert not torch.equal(after["conv1.weight"], before["conv1.weight"])
-    # the score is that of the weights just written back
-    ref = ev.evaluate_on(mask, val)
+    # the score is that of the weights (and BatchNorm statistics) just written back
+    ref = Evaluator(ev.supernet, ev.space, val, ev.normalization, mode="slice").score(mask)
     assert (res.accuracy[0], res.loss[0]) == (ref.accuracy[0], ref.loss[0])
     assert_state_equal(start, model)  # the caller's model is never modified
     assert not ev.supernet.training
@@ -443,20 +443,36 @@ def test_baseline_and_evaluate_on() -> None:
     on_test = ev.evaluate_on(masks, test)
     assert_state_equal(snap, ev.supernet)  # nothing trained
     assert ev.trained == 2 and ev.stats.evaluations == 2
-    ref = Evaluator(copy.deepcopy(ev.supernet), space, test, norm, mode="slice")
-    r = ref.evaluate_masks(masks)
-    np.testing.assert_array_equal(on_test.accuracy, r.accuracy)
-    np.testing.assert_array_equal(on_test.loss, r.loss)
-    # the physically pruned candidates with the inherited weights score the same
+    # each plan is measured as the physically pruned network with the inherited weights and
+    # its own BatchNorm statistics, re-estimated on the first training batches
     for mask, acc, loss in zip(masks, on_test.accuracy, on_test.loss, strict=True):
         pruned = ev.pruned(mask)
         assert not pruned.training
         a, lo = evaluate_accuracy(pruned, test, norm)
         assert a == acc and lo == pytest.approx(loss, rel=1e-5)
         sliced = take_out(SlicedModel(ev.supernet, space), torch.as_tensor(mask))
+        stats = [k for k in pruned.state_dict() if k.endswith(("running_mean", "running_var"))]
+        assert stats
         for k, v in pruned.state_dict().items():
-            if k in sliced:
-                assert torch.equal(v, sliced[k]), k
+            if k in sliced and k not in stats:
+                assert torch.equal(v, sliced[k]), k  # weights: exactly the supernet's
+        recal = copy.deepcopy(pruned)
+        with torch.no_grad():
+            for m in recal.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.reset_running_stats()
+                    m.momentum = None
+            recal.train()
+            for step in range(min(ev.calibration_batches, ev.total_steps)):
+                recal(ev._stream.batch(step)[0])
+        for k in stats:
+            torch.testing.assert_close(pruned.state_dict()[k], recal.state_dict()[k])
+    ev.calibration_batches = 0  # without re-estimation: the supernet's own statistics
+    ref = Evaluator(copy.deepcopy(ev.supernet), space, test, norm, mode="slice")
+    r = ref.evaluate_masks(masks)
+    raw = ev.evaluate_on(masks, test)
+    np.testing.assert_array_equal(raw.accuracy, r.accuracy)
+    np.testing.assert_allclose(raw.loss, r.loss, rtol=1e-5)
     assert_state_equal(snap, ev.supernet)
 
 
@@ -513,6 +529,7 @@ def test_sliced_training_equals_training_the_pruned_network(which: str) -> None:
     mask = plan.mask(space)
     # one candidate gets the whole schedule
     ev = inheritor(planned=1, seed=9, recipe=recipe, setup=setup)
+    ev.calibration_batches = 0  # compare the trained statistics too
     res = ev.evaluate_masks(mask)
     stream = BatchStream(train, norm, recipe, seed=9, device=torch.device("cpu"))
     phys = train_physically(prune_model(model, space, plan), stream, recipe,
@@ -522,8 +539,11 @@ def test_sliced_training_equals_training_the_pruned_network(which: str) -> None:
     acc, loss = evaluate_accuracy(phys, val, norm)
     assert acc == res.accuracy[0] and loss == pytest.approx(res.loss[0], rel=1e-5)
     # two candidates share the schedule: the second starts from the first one's write-back
+    # (plain SGD here: with momentum the second also inherits the first one's buffers)
+    recipe = dataclasses.replace(recipe, momentum=0.0, nesterov=False)
     masks = np.array([mask, random_plan(space, np.random.default_rng(7), 0.5).mask(space)])
     ev2 = inheritor(planned=2, seed=9, recipe=recipe, setup=setup)
+    ev2.calibration_batches = 0
     ev2.evaluate_masks(masks[0])
     start = ev2.pruned(masks[1])  # the second candidate's inherited weights, physically
     ev2.evaluate_masks(masks[1])
@@ -620,3 +640,24 @@ def test_retraining_from_scratch_reinitialises_each_candidate(monkeypatch) -> No
     assert torch.equal(ss["bn2.weight"], torch.ones_like(ss["bn2.weight"]))
     # without from_scratch the candidate starts from the pretrained weights
     assert weights_equal(scratch_evaluator(from_scratch=False).trained(masks[0]), pretrained)
+
+
+def test_momentum_is_inherited_like_the_weights() -> None:
+    """SGD's momentum buffers are taken out and written back: kept entries only."""
+    ev = inheritor(planned=2)
+    _, space, _, _, _ = digits()
+    masks = digits_masks(2, seed=11)
+    ev.evaluate_masks(masks[:1])
+    mom = dict(ev._momentum.named_parameters())
+    sl = SlicedModel(ev._momentum, space)
+    kept = take_out(sl, torch.as_tensor(masks[0]))
+    assert any(bool((v != 0).any()) for k, v in kept.items() if k.endswith("weight"))
+    # entries of dropped channels were never trained: their momentum is still zero
+    dropped = ~masks[0]
+    if dropped.any():
+        owner = space.owner[(space.groups[0].name, "out")]
+        rows = torch.as_tensor(dropped[owner[owner >= 0]])
+        assert torch.equal(mom[f"{space.groups[0].name}.weight"][rows],
+                           torch.zeros_like(mom[f"{space.groups[0].name}.weight"][rows]))
+    state = ev.state_dict()
+    assert set(state["momentum"]) == {k for k, _ in ev.supernet.named_parameters()}

@@ -26,7 +26,7 @@ random         uniform random scores from ``context.seed``
 =============  =======================================================================
 
 The ``grad_*`` criteria are computed on a copy of the network; with ``context.reinit`` its
-conv and linear weights are first re-initialised (Xavier normal, seeded from
+conv weights are first re-initialised (Xavier normal, seeded from
 ``context.seed``), as EvoFC does for randomly initialised networks.
 """
 

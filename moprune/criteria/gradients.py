@@ -83,7 +83,7 @@ def mask_gradients(model: nn.Module, space: PruningSpace, context: ScoreContext
         gen = torch.Generator(device="cpu").manual_seed(context.seed)
         with torch.no_grad():
             for m in net.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if isinstance(m, nn.Conv2d):  # EvoFC: the conv weights only
                     w = torch.empty(m.weight.shape)
                     nn.init.xavier_normal_(w, generator=gen)
                     m.weight.copy_(w)
