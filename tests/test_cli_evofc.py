@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import moprune.tradeoffs
 import moprune.training
 from moprune.cli import main
 from moprune.commands import setup_from_run
@@ -537,8 +538,13 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(evofc_run, tmp_path
     assert epochs_saved == [1]
     assert checkpoint_file(out).is_file() and not out.exists()
 
-    # another recipe does not silently continue the checkpoint
+    # another recipe, start or candidate does not silently continue the checkpoint
     status, _, err = run_main([*export(out), "--lr", "0.5"], capsys)
+    assert status == 2 and "different fine-tuning settings" in err
+    status, _, err = run_main([*export(out), "--start", "scratch"], capsys)
+    assert status == 2 and "key: stored" in err and "'start': 'scored'" in err
+    status, _, err = run_main(["export", str(run_dir), "--id", "light", "--out", str(out),
+                               "--finetune-epochs", "2", "--quiet"], capsys)
     assert status == 2 and "different fine-tuning settings" in err
     assert checkpoint_file(out).is_file() and not out.exists()
 
@@ -574,3 +580,27 @@ def test_export_of_an_unfinished_inheritance_run_does_not_use_the_untrained_star
                                "--quiet"], capsys)
     assert status == 2 and "--resume" in err and "supernet.pt" in err
     assert not model_file.exists()
+
+
+def test_interrupted_elites_export_continues_where_it_stopped(evofc_run, tmp_path, capsys,
+                                                              monkeypatch):
+    """A model file that already holds the same export is kept, not retrained."""
+    run_dir = evofc_run[0]
+    out = tmp_path / "models"
+    argv = ["export", str(run_dir), "--elites", "--out", str(out), "--finetune-epochs", "1",
+            "--quiet"]
+    status, _, err = run_main(argv, capsys)
+    assert status == 0, err
+    before = {r: (out / f"{r}.pt").stat().st_mtime_ns for r in ("heavy", "knee", "light")}
+    calls = []
+    real = moprune.tradeoffs.export_candidate
+    monkeypatch.setattr(moprune.tradeoffs, "export_candidate",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    status, stdout, err = run_main([*argv[:-1]], capsys)
+    assert status == 0, err
+    assert calls == [] and "already exported" in stdout
+    assert before == {r: (out / f"{r}.pt").stat().st_mtime_ns for r in before}
+    # another budget exports again
+    status, _, err = run_main([*argv[:5], "--finetune-epochs", "2", "--quiet"], capsys)
+    assert status == 0, err
+    assert calls
