@@ -190,7 +190,7 @@ def report(args: argparse.Namespace, run: RunDir, summary: dict, seconds: float)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    ensure_weights()  # the problem file loads them (replaced by --init random)
+    ensure_weights()  # needed with --init pretrained
     root = prepare_data(args.data_root)
     return search_export_report(
         args.out, args.final_epochs, search_argv(args, root), export_argv(args),

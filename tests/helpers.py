@@ -239,3 +239,11 @@ def digits_eval_setup(min_channels: int = 2, n_images: int = 64):
     space = PruningSpace.from_model(model, bundle.input_shape,
                                     SpacePolicy(min_channels=min_channels))
     return model, space, bundle.val.subset(n_images), bundle.normalization
+
+
+@functools.cache
+def digits_bundle():
+    """The embedded digits data with its training part (loaded once per session)."""
+    from moprune.zoo.data import load_dataset
+
+    return load_dataset("digits", root=None, seed=0, load_train=True)

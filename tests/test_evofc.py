@@ -3,12 +3,16 @@ the criterion-ratio problem (pair and mixed variables) and the published NSGA-II
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
-from helpers import digits_eval_setup, model_and_space, one_torch_thread, tiny_model_ids
+from helpers import (
+    digits_bundle,
+    digits_eval_setup,
+    model_and_space,
+    one_torch_thread,
+    tiny_model_ids,
+)
 from pymoo.algorithms.moo.nsga2 import NSGA2, binary_tournament
 from pymoo.core.duplicate import DefaultDuplicateElimination
 from pymoo.core.mixed import MixedVariableDuplicateElimination, MixedVariableMating
@@ -40,7 +44,7 @@ from moprune.plan import PruningPlan, masks_matrix
 from moprune.problems import FilterMaskProblem
 from moprune.registry import UnknownNameError
 from moprune.space import PruningSpace
-from moprune.zoo.data import DataBundle, Normalization, Split, load_dataset
+from moprune.zoo.data import Normalization, Split
 
 WEIGHT_CRITERIA = ("l1", "fpgm", "random")
 
@@ -50,9 +54,6 @@ def _one_torch_thread():
     yield from one_torch_thread()
 
 
-@functools.cache
-def digits_bundle() -> DataBundle:
-    return load_dataset("digits", root=None, seed=0, load_train=True)
 
 
 def digits_evaluator() -> Evaluator:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import io
 import math
 import warnings
@@ -16,6 +15,7 @@ import pytest
 import torch
 from helpers import (
     assert_state_equal,
+    digits_bundle,
     digits_eval_setup,
     model_and_space,
     one_torch_thread,
@@ -39,7 +39,7 @@ from moprune.sliced import SlicedModel
 from moprune.space import CONV, LINEAR, PruningSpace
 from moprune.surgery import prune_model
 from moprune.training import FinetuneConfig, _lr_at, evaluate_accuracy
-from moprune.zoo.data import DataBundle, Normalization, Split, load_dataset
+from moprune.zoo.data import Normalization, Split
 
 N_TRAIN = 128  # 4 batches of 32 per epoch
 RECIPE = FinetuneConfig(epochs=2, lr=0.05, batch_size=32, weight_decay=5e-4, augment=False,
@@ -58,9 +58,6 @@ def _one_torch_thread():
 # ---------------------------------------------------------------------------- set-ups
 
 
-@functools.cache
-def digits_bundle() -> DataBundle:
-    return load_dataset("digits", root=None, seed=0, load_train=True)
 
 
 def digits() -> tuple[nn.Module, PruningSpace, Split, Split, Normalization]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import (
     assert_state_equal,
+    digits_bundle,
     make_digits_cnn_model,
     one_torch_thread,
     state_snapshot,
@@ -40,9 +41,6 @@ def _one_torch_thread():
     yield from one_torch_thread()
 
 
-@functools.cache
-def digits_bundle() -> DataBundle:
-    return load_dataset("digits", root=None, seed=0, load_train=True)
 
 
 @functools.cache
