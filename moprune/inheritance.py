@@ -110,8 +110,14 @@ def recalibrate_bn(model: nn.Module, inputs: list[torch.Tensor]) -> nn.Module:
 
 def take_out(sliced: SlicedModel, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Copies of the supernet's tensors kept by ``mask`` (the pruned network's weights)."""
-    tensors, _ = sliced.tensors(mask)
-    return {k: v.detach().clone() for k, v in tensors.items()}
+    return _take_out(sliced, mask)[0]
+
+
+def _take_out(sliced: SlicedModel, mask: torch.Tensor
+              ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """:func:`take_out`, and the depthwise groups to patch while the copies run."""
+    tensors, groups = sliced.tensors(mask)
+    return {k: v.detach().clone() for k, v in tensors.items()}, groups
 
 
 @torch.no_grad()
@@ -310,7 +316,7 @@ class InheritanceEvaluator:
         """Train the candidate's tensors for ``steps``; False (supernet unchanged) on NaN."""
         if not len(steps):
             return True
-        tensors = take_out(self._sliced, mask)
+        tensors, groups = _take_out(self._sliced, mask)
         params = {k: v.requires_grad_(True) for k, v in tensors.items()
                   if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))}
         shared = {n: p for n, p in self.supernet.named_parameters() if n not in tensors}
@@ -321,15 +327,14 @@ class InheritanceEvaluator:
         opt = torch.optim.SGD([*params.values(), *shared.values()], lr=r.lr,
                               momentum=r.momentum, nesterov=r.nesterov,
                               weight_decay=r.weight_decay)
-        momentum = take_out(self._momentum_sliced, mask)
         momentum_shared = dict(self._momentum.named_parameters())
         if r.momentum > 0:  # a zero buffer makes the first step what a fresh SGD's would be
+            momentum = take_out(self._momentum_sliced, mask)
             for k, p in params.items():
                 opt.state[p]["momentum_buffer"] = momentum[k]
             for n, p in shared.items():
                 opt.state[p]["momentum_buffer"] = momentum_shared[n].detach().clone()
         loss_fn = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
-        _, groups = self._sliced.tensors(mask)
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         devices = [self.device] if self.device.type == "cuda" else []
         self.supernet.train()

@@ -38,6 +38,7 @@ from moprune.runs import (
     detached_problem,
 )
 from moprune.task import SearchSetup
+from moprune.training import evaluate_accuracy
 
 
 @dataclass(frozen=True)
@@ -191,14 +192,15 @@ def load_supernet(run: RunDir, evaluator: InheritanceEvaluator) -> None:
 
 def _supernet_summary(scorer: InheritanceEvaluator, setup: SearchSetup) -> dict:
     """How inheritance runs were scored, and the full-width supernet after the search."""
-    full = np.ones((1, setup.space.n_channels), dtype=bool)
+    full = scorer.pruned(np.ones(setup.space.n_channels, dtype=bool))  # BN re-estimated once
     r = scorer.recipe
+    data, norm, device = setup.data, setup.data.normalization, scorer.device
     return {
         "inheritance": {"epochs": r.epochs, "lr": r.lr, "schedule": r.schedule,
                         "planned": scorer.planned, "trained": scorer.trained,
                         "total_steps": scorer.total_steps},
-        "supernet_val_accuracy": float(scorer.evaluate_on(full, setup.data.val).accuracy[0]),
-        "supernet_test_accuracy": float(scorer.evaluate_on(full, setup.data.test).accuracy[0]),
+        "supernet_val_accuracy": evaluate_accuracy(full, data.val, norm, device=device)[0],
+        "supernet_test_accuracy": evaluate_accuracy(full, data.test, norm, device=device)[0],
     }
 
 
