@@ -1,4 +1,4 @@
-"""The ``moprune`` command line: search, plot, pick, export, inspect, finetune, demo."""
+"""The ``moprune`` command line: search, plot, pick, export, inspect, finetune, demo, evolve."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from moprune.gp.command import add_evolve_parser
 from moprune.registry import UnknownNameError
 from moprune.space import UnsupportedLayerError
 
@@ -216,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-accuracy-drop", type=_fraction, default=None,
                    help="constraint: baseline accuracy - accuracy <= D (fraction, 0.01 = 1 "
                         "point; ccep: stop after a round that drops more)")
+    p.add_argument("--criterion", default=None,
+                   help="criterion that orders channels (ratio encoding) or repairs masks, "
+                        "instead of the problem file's: a registered name (l1, fpgm, snr, "
+                        "gp_published, ...; see docs/criteria.md) or gp:FILE, a function "
+                        "saved by `moprune evolve`; EvoFC takes --criteria instead")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out (same options required)")
@@ -311,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory (default: runs/demo; a previous demo there is replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    add_evolve_parser(sub, _positive, _nonneg, _fraction)
     return parser
 
 

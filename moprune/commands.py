@@ -19,11 +19,12 @@ from moprune.ccep import OBJECTIVES as ccep_objectives
 from moprune.ccep import CCEPConfig, rounds_table_rows, run_ccep
 from moprune.coevolution import CoevolutionConfig
 from moprune.cost import CostModel
-from moprune.criteria import CRITERIA
+from moprune.criteria import CRITERIA, GP_PREFIX, criterion_name
 from moprune.deeppruninges import DeepPruningES, DeepPruningESConfig
 from moprune.evaluator import resolve_device
 from moprune.evofc import EVOFC_CRITERIA, EvoFCConfig, EvoFCOptions, evofc_nsga2
 from moprune.export import export_candidate
+from moprune.gp.command import cmd_evolve  # noqa: F401  (the `evolve` sub-command)
 from moprune.inheritance import InheritanceEvaluator
 from moprune.retraining import final_recipe, partial_recipe
 from moprune.runs import RunDir, RunDirError, git_hash, versions
@@ -86,7 +87,8 @@ def evofc_options(args: argparse.Namespace, task: PruningTask) -> EvoFCOptions:
         raise ValueError(f"--training {training} needs --search-epochs > 0 (or --training none "
                          "to score candidates as they are)")
     return EvoFCOptions(
-        criteria=args.criteria or EVOFC_CRITERIA, lower=args.lower_bounds or "0",
+        criteria=tuple(map(criterion_name, args.criteria or EVOFC_CRITERIA)),
+        lower=args.lower_bounds or "0",
         max_ratio=0.99 if args.max_ratio is None else args.max_ratio,
         variables=args.variables or "pairs",
         reinit_criteria=True if args.reinit_criteria is None else args.reinit_criteria,
@@ -133,6 +135,11 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
                          "about residual stages); drop --residual / --no-residual")
     if args.residual is None and algo == ES:
         args.residual = True
+    if args.criterion is not None:
+        if algo == EVOFC:
+            raise ValueError("--criterion does not apply to evofc, which searches a criterion "
+                             "per layer: give the candidates with --criteria")
+        args.criterion = criterion_name(args.criterion)
     given = [a for a in EVOFC_ARGS if getattr(args, a) is not None]
     if algo != EVOFC and given:
         flag = "--" + given[0].replace("_", "-")
@@ -195,6 +202,7 @@ def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
         "max_macs_ratio": None if ccep else args.max_macs_ratio,
         "max_accuracy_drop": args.max_accuracy_drop,
         "residual": args.residual,
+        "criterion": args.criterion, "criterion_sha256": _criterion_sha(args.criterion),
         "partial": ({"epochs": args.partial_epochs, "lr": args.partial_lr}
                     if args.partial_epochs > 0 else None),
     }
@@ -207,6 +215,25 @@ def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
     return {"identity": identity, "device": args.device, "mode": args.mode,
             "download": args.download, "versions": versions(), "git": git_hash(),
             "title": f"{title} (seed {args.seed})"}
+
+
+def _criterion_sha(name: str | None) -> str | None:
+    """Hash of a ``gp:`` criterion's file (None for registered criteria)."""
+    if name is None or not name.startswith(GP_PREFIX):
+        return None
+    return file_sha256(Path(name[len(GP_PREFIX):]))
+
+
+def with_criterion(task: PruningTask, identity: dict) -> PruningTask:
+    """The task with the run's ``--criterion`` (warns if its gp: file changed since)."""
+    name = identity.get("criterion")
+    if name is None:
+        return task
+    if name.startswith(GP_PREFIX) and Path(name[len(GP_PREFIX):]).is_file() and \
+            _criterion_sha(name) != identity.get("criterion_sha256"):
+        print(f"warning: {name[len(GP_PREFIX):]} changed since the run was made; results may "
+              "differ")
+    return dataclasses.replace(task, criterion=name)
 
 
 def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = False,
@@ -226,6 +253,7 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
     evofc = _evofc_from(ident)
     random_start = evofc is not None and evofc.init == "random"
     task = load_problem_file(problem, TaskOptions(weights=weights, pretrained=not random_start))
+    task = with_criterion(task, ident)
     retrain = _partial(ident, task)
     data = task.load_data(DataRequest(
         root=Path(ident["data_root"]) if ident["data_root"] else None, seed=ident["seed"],
@@ -261,6 +289,7 @@ def _open_run(args: argparse.Namespace) -> tuple[PruningTask, RunDir, dict, bool
     run = RunDir(args.out)
     evofc = evofc_options(args, task) if args.algorithm == EVOFC else None
     config_dict = run_config(args, task.objectives, task.name, evofc)
+    task = with_criterion(task, config_dict["identity"])
     resume = run.check(config_dict, resume=args.resume, force=args.force)
     if args.resume and not resume:
         print(f"note: {args.out} has no checkpoint yet; starting from the beginning")

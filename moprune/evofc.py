@@ -345,9 +345,10 @@ class EvoFCOptions:
             if value not in valid:
                 problems.append(f"{name} must be one of {valid}; got {value!r}")
         for c in self.criteria:
-            if c not in CRITERIA.names():
+            if c not in CRITERIA:
                 problems.append(f"unknown criterion {c!r}; registered: "
-                                f"{', '.join(CRITERIA.names())}")
+                                f"{', '.join(CRITERIA.names())}, or gp:FILE (an existing "
+                                "function file written by `moprune evolve`)")
         if not 0.0 < self.max_ratio < 1.0:
             problems.append(f"max_ratio must be in (0, 1); got {self.max_ratio}")
         if self.training != "none" and self.epochs < 1:

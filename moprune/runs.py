@@ -43,7 +43,7 @@ BASELINE = "baseline.json"
 PROGRESS = "progress.json"
 MAGIC = "moprune-checkpoint-v1"
 ROUNDS = "rounds"  # per-round networks of round-based searches (CCEP)
-EXTRA_FILES = ("coevolution.jsonl", "elites.jsonl", "supernet.pt")
+EXTRA_FILES = ("coevolution.jsonl", "elites.jsonl", "supernet.pt", "gp.jsonl", "best.gp.json")
 
 
 class RunDirError(ValueError):

@@ -202,16 +202,18 @@ def criterion_context(task: PruningTask, data: DataBundle, seed: int,
 
     Data criteria get a batch; gradient criteria run on a re-initialised copy if ``reinit``.
 
-    The batch is 128 seeded training images, never hold-out or test images.
+    The batch is seeded training images, never hold-out or test images: 128, or as many as
+    the most demanding criterion asks for (evolved functions: 320).
     """
     criteria = criteria or (task.criterion,)
-    needing = [c for c in criteria if CRITERIA.get(c).needs_data]
+    needing = [CRITERIA.get(c) for c in criteria if CRITERIA.get(c).needs_data]
     if not needing:
         return ScoreContext(seed=seed, reinit=reinit)
     if len(data.train) == 0:
-        raise ValueError(f"criterion {needing[0]!r} ranks channels with a batch of training "
+        raise ValueError(f"criterion {needing[0].name!r} ranks channels with a batch of training "
                          "images, but none were loaded; load the data with load_train=True")
-    return ScoreContext.from_split(data.train, data.normalization, seed, device=device,
+    return ScoreContext.from_split(data.train, data.normalization, seed,
+                                   n_images=max(c.n_images for c in needing), device=device,
                                    reinit=reinit)
 
 

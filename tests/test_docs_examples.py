@@ -105,3 +105,13 @@ def test_evofc_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
     assert rows and min(float(r[1]) for r in rows) < 1.0
     assert min(float(r[0]) for r in rows) < 0.5  # trained from random init: far above chance
     assert all(" by grad_" in r[2] for r in rows)
+
+
+def test_gp_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
+    """The Python example of docs/gp.md evolves, saves and reloads a function as a criterion."""
+    out = _run_python_example("gp.md", tmp_path, monkeypatch, capsys)
+    found = re.search(r"best seed ([0-9.]+), evolved ([0-9.]+): (.+)", out)
+    assert found, out
+    assert float(found.group(2)) >= float(found.group(1)) > 0.1
+    assert "scored 80 channels" in out
+    assert (tmp_path / "evolved.gp.json").is_file()

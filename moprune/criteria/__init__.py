@@ -23,6 +23,12 @@ grad_l2        ``||G_c||_2 / ||G_layer||_2`` (EvoFC)
 grad_es        ``max |G_c| / sum |G_layer|``, empirical sensitivity (EvoFC)
 grad_gm        ``sum_j ||G_c - G_j||_2``, geometric median of the gradients (EvoFC)
 random         uniform random scores from ``context.seed``
+snr, fisher,   class-separation metrics of the channel's feature maps, one class against
+symmetric_     the rest, summed over classes (see :mod:`moprune.gp.library`)
+divergence,
+t_statistic
+gp_published   the best evolved function of Liu et al. (GECCO 2022)
+gp:<file>      a function evolved with ``moprune evolve`` (a ``*.gp.json`` file)
 =============  =======================================================================
 
 The ``grad_*`` criteria are computed on a copy of the network; with ``context.reinit`` its
@@ -90,6 +96,7 @@ class Criterion:
         fn: ``(model, space, context) -> (n_channels,)`` float64 scores.
         description: Formula and source, shown in docs and ``--help``.
         needs_data: True when the context must hold a batch of training images.
+        n_images: Training images it wants in that batch.
 
     """
 
@@ -97,6 +104,7 @@ class Criterion:
     fn: ScoreFn
     description: str
     needs_data: bool = False
+    n_images: int = DEFAULT_BATCH
 
     def score(self, model: nn.Module, space: PruningSpace,
               context: ScoreContext | None = None) -> np.ndarray:
@@ -114,7 +122,46 @@ class Criterion:
         return scores
 
 
-CRITERIA: Registry[Criterion] = Registry("criterion")
+GP_PREFIX = "gp:"
+
+
+class CriterionRegistry(Registry[Criterion]):
+    """The criteria registry; ``gp:<file>`` names a function saved by ``moprune evolve``."""
+
+    def get(self, name: str) -> Criterion:
+        if name.startswith(GP_PREFIX):
+            from moprune.criteria.evolved import file_criterion
+
+            return file_criterion(name)
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name.startswith(GP_PREFIX):
+            try:
+                self.get(name)
+            except (OSError, ValueError):
+                return False
+            return True
+        return super().__contains__(name)
+
+
+CRITERIA: CriterionRegistry = CriterionRegistry("criterion")
+
+
+def criterion_name(name: str) -> str:
+    """``name`` checked against the registry; a ``gp:`` file path made absolute.
+
+    Raises:
+        UnknownNameError: Not a registered criterion (the message lists them).
+        FileNotFoundError, ValueError: A ``gp:`` file that is missing or unreadable.
+
+    """
+    if name.startswith(GP_PREFIX):
+        from pathlib import Path
+
+        name = GP_PREFIX + str(Path(name[len(GP_PREFIX):]).expanduser().resolve())
+    CRITERIA.get(name)
+    return name
 
 
 # --------------------------------------------------------------------------- helpers
@@ -253,6 +300,7 @@ CRITERIA.register("bn_scale", Criterion("bn_scale", bn_scale, "sum |gamma_c| of 
 CRITERIA.register("random", Criterion("random", random_scores, "uniform random scores from the "
                                       "context's seed"))
 
+from moprune.criteria import evolved as _evolved  # noqa: E402,F401  (registers GP criteria)
 from moprune.criteria import gradients as _gradients  # noqa: E402  (registers the data criteria)
 
 taylor = _gradients.taylor
@@ -269,5 +317,6 @@ def rank_channels(space: PruningSpace, scores: np.ndarray) -> list[np.ndarray]:
             for g in range(space.n_groups)]
 
 
-__all__ = ["CRITERIA", "Criterion", "ScoreContext", "bn_scale", "fpgm", "l1_norm", "l2_norm",
-           "random_scores", "rank_channels", "taylor", "writer_rows"]
+__all__ = ["CRITERIA", "GP_PREFIX", "Criterion", "CriterionRegistry", "ScoreContext", "bn_scale",
+           "criterion_name", "fpgm", "l1_norm", "l2_norm", "random_scores", "rank_channels",
+           "taylor", "writer_rows"]
