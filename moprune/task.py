@@ -206,7 +206,7 @@ def criterion_context(task: PruningTask, data: DataBundle, seed: int,
     the most demanding criterion asks for (evolved functions: 320).
     """
     criteria = criteria or (task.criterion,)
-    needing = [CRITERIA.get(c) for c in criteria if CRITERIA.get(c).needs_data]
+    needing = [c for c in map(CRITERIA.get, criteria) if c.needs_data]
     if not needing:
         return ScoreContext(seed=seed, reinit=reinit)
     if len(data.train) == 0:
