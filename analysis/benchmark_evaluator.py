@@ -13,7 +13,7 @@ Measures, side by side in one run, the seconds per candidate of:
 Plans are random keep-masks at about 50 % of the MACs (keep probability bisected per plan
 with the cost model). Run from the repository root::
 
-    .venv/bin/python analysis/benchmark_evaluator.py --out docs/benchmarks.md
+    .venv/bin/python analysis/benchmark_evaluator.py --out docs/benchmarks-evaluator.md
 
 Weights: the published ResNet-56 (Yerlan Idelbayev's pytorch_resnet_cifar10, BSD-2-Clause),
 loaded through ``torch.hub`` with its hash check; an offline copy from
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-residual", action="store_true",
                         help="skip the residual-policy slice measurements")
-    parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--out", default="docs/benchmarks-evaluator.md")
     args = parser.parse_args(argv)
     command = ".venv/bin/python analysis/benchmark_evaluator.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))

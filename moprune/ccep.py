@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from moprune.analysis import PickRule, front_records, pick
 from moprune.coevolution import CoevolutionConfig, CoevolutionRound, GroupWinner
 from moprune.evaluator import Evaluator
+from moprune.execution import Execution
 from moprune.plan import PruningPlan
 from moprune.problems import FilterMaskProblem
 from moprune.runs import (
@@ -203,7 +204,8 @@ class _Round:
         self.to_orig = {g.index: names[g.name] for g in self.space.groups}
         ev = setup.evaluator
         evaluator = Evaluator(net.model, self.space, setup.data.val, setup.data.normalization,
-                              device=ev.device, mode=ev.mode, batch_size=ev.batch_size)
+                              device=ev.device, mode=ev.mode, batch_size=ev.batch_size,
+                              execution=getattr(ev, "execution", Execution()))
         self.problem = FilterMaskProblem(evaluator, OBJECTIVES)
 
     def kept_after(self, winners: list[GroupWinner]) -> list[np.ndarray]:
@@ -435,7 +437,8 @@ def _one_round(setup: SearchSetup, run: RunDir, config: CCEPConfig, recipe: Fine
         result = finetune(child, setup.data.train, setup.data.normalization, recipe,
                           generator=torch.Generator().manual_seed(_seed(config.seed, r + 1, 1)),
                           device=device, val=setup.data.val, progress=progress,
-                          checkpoint_path=ckpt, keep_best=config.keep_best_epoch)
+                          checkpoint_path=ckpt, keep_best=config.keep_best_epoch,
+                          execution=getattr(setup.evaluator, "execution", None))
         history, best_epoch = result.history, result.best_epoch
     child.cpu()
     save_network(run, r + 1, net)

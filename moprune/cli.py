@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from moprune.execution import PRECISIONS
 from moprune.gp.command import add_evolve_parser
 from moprune.registry import UnknownNameError
 from moprune.space import UnsupportedLayerError
@@ -58,6 +59,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="checkpoint of the full network to start from (a state_dict, e.g. "
                         "written by `moprune finetune`); default: the problem file's weights")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+
+
+def _add_execution_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help=f"autocast precision of {what}: auto (bf16 on CUDA, fp16 on GPUs "
+                        "without bf16, fp32 on the CPU), fp32, bf16 or fp16 (default: auto; "
+                        "bf16 is about 3x faster on CPUs with AVX512-BF16 or AMX)")
+    p.add_argument("--compile", action="store_true",
+                   help=f"torch.compile {what} (the first call compiles for tens of seconds; "
+                        "worth it for long runs)")
 
 
 def _add_ccep_args(p: argparse.ArgumentParser) -> None:
@@ -210,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "see the options of each below")
     p.add_argument("--mode", default="auto", choices=("auto", "gate", "slice"),
                    help="evaluation: gate (population batched with channel gates), slice "
-                        "(weights sliced per candidate) or auto (gate on CUDA, slice on CPU)")
+                        "(weights sliced per candidate) or auto (gate on CUDA or with --compile, "
+                        "slice on CPU)")
     p.add_argument("--max-macs-ratio", type=_fraction, default=None,
                    help="constraint: MACs of a candidate / baseline MACs <= R (ccep: the "
                         "target - stop once the network reaches it)")
@@ -227,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run in --out (same options required)")
     p.add_argument("--force", action="store_true",
                    help="overwrite a different run already in --out")
+    _add_execution_args(p, "the evaluation (gate mode)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_ccep_args(p)
     _add_es_args(p)
@@ -290,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "round, or an EvoFC run's inherited supernet weights) or scratch "
                         "(re-initialised, then trained --finetune-epochs) (default: scored)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
+    _add_execution_args(p, "the fine-tuning")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("inspect", help="list the prunable channel groups of a problem",
@@ -309,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed of split and shuffles (default: 0)")
     p.add_argument("--out", type=Path, required=True, help="output state_dict file (.pt)")
+    _add_execution_args(p, "the fine-tuning")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("demo", help="train, search, pick and export on embedded digits data",

@@ -23,6 +23,7 @@ from moprune.criteria import CRITERIA, GP_PREFIX, criterion_name
 from moprune.deeppruninges import DeepPruningES, DeepPruningESConfig
 from moprune.evaluator import resolve_device
 from moprune.evofc import EVOFC_CRITERIA, EvoFCConfig, EvoFCOptions, evofc_nsga2
+from moprune.execution import Execution
 from moprune.export import export_candidate
 from moprune.gp.command import cmd_evolve  # noqa: F401  (the `evolve` sub-command)
 from moprune.inheritance import InheritanceEvaluator
@@ -213,8 +214,19 @@ def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
     if evofc is not None:
         identity[EVOFC] = {**evofc.to_dict(), "nsga2": evofc_config(args).to_dict()}
     return {"identity": identity, "device": args.device, "mode": args.mode,
+            "execution": execution_of(args).to_dict(),
             "download": args.download, "versions": versions(), "git": git_hash(),
             "title": f"{title} (seed {args.seed})"}
+
+
+def execution_of(args: argparse.Namespace) -> Execution:
+    """The ``--precision`` / ``--compile`` settings of a command."""
+    return Execution(precision=args.precision, compile=args.compile)
+
+
+def _stored_execution(cfg: dict) -> Execution:
+    """A run's execution settings (runs made before they were recorded: the defaults)."""
+    return Execution(**cfg.get("execution", {}))
 
 
 def _criterion_sha(name: str | None) -> str | None:
@@ -267,7 +279,7 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
                          encoding="mask" if masks_only else None,
                          objectives=tuple(ident["objectives"]) if ccep else None,
                          residual=ident.get("residual"), retrain=retrain, seed=ident["seed"],
-                         evofc=evofc)
+                         evofc=evofc, execution=_stored_execution(cfg))
     if isinstance(setup.evaluator, InheritanceEvaluator):
         load_supernet(run, setup.evaluator)  # refuses an unfinished run
     return setup
@@ -323,7 +335,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                          progress=not args.quiet, max_macs_ratio=args.max_macs_ratio,
                          max_accuracy_drop=args.max_accuracy_drop, residual=args.residual,
                          retrain=retrain, seed=args.seed,
-                         encoding="mask" if args.algorithm == ES else None, evofc=evofc)
+                         encoding="mask" if args.algorithm == ES else None, evofc=evofc,
+                         execution=execution_of(args))
     if evofc is not None:
         algorithm = evofc_nsga2(setup.problem, evofc_config(args))  # type: ignore[arg-type]
     if not resume:
@@ -379,7 +392,7 @@ def _search_ccep(args: argparse.Namespace) -> int:
                                       train_images=args.train_images))
     setup = make_problem(task, data, device=args.device, mode=args.mode,
                          progress=False, encoding="mask", objectives=ccep_objectives,
-                         seed=args.seed)
+                         seed=args.seed, execution=execution_of(args))
     if not resume:
         run.create(config_dict)
     cc = config.coevolution
@@ -528,7 +541,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     recipe = _export_recipe(args, setup.task)
     if args.elites:
         exported = export_trade_offs(setup, run, args.out, args.finetune_epochs, recipe, seed,
-                                     device, progress=not args.quiet, start=args.start)
+                                     device, progress=not args.quiet, start=args.start,
+                                     execution=execution_of(args))
         print(trade_offs_table(exported, run.baseline()))
         print(f"\nexported heavy, knee and light to {args.out} (elites.md: the table; "
               f"elites.png: the plot)")
@@ -538,7 +552,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                seed=seed, device=device, progress=not args.quiet,
                                finetune_config=recipe,
                                model=start_model(setup, run, record, args.start, seed),
-                               start=args.start)
+                               start=args.start, execution=execution_of(args))
     baseline = metrics["baseline"]
     print(f"exported candidate {record['id']} to {args.out}")
     print(f"  MACs {metrics['macs']:,} ({1 - metrics['macs_ratio']:.1%} fewer than "
@@ -582,7 +596,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     before, _ = evaluate_accuracy(model, data.val, data.normalization, device=device)
     finetune(model, data.train, data.normalization, cfg,
              generator=torch.Generator().manual_seed(args.seed), device=device, val=data.val,
-             progress=not args.quiet)
+             progress=not args.quiet, execution=execution_of(args))
     after, _ = evaluate_accuracy(model, data.val, data.normalization, device=device)
     test, _ = evaluate_accuracy(model, data.test, data.normalization, device=device)
     args.out.parent.mkdir(parents=True, exist_ok=True)

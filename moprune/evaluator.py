@@ -9,6 +9,12 @@ Two exact modes (both equal the physically pruned model's logits):
 
 Results are cached by plan (the repaired keep-mask), so duplicate genomes cost nothing;
 ``stats`` counts evaluations and cache hits.
+
+Speed: the images stay on the device as uint8 and are normalised there per batch; the
+network runs under the :class:`~moprune.execution.Execution` settings (autocast precision,
+channels-last, ``torch.compile`` of the gate-mode population pass); correct counts, losses
+and a non-finite flag accumulate on the device, so a call synchronises with the host once,
+at its end, never per candidate or per batch.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from moprune.execution import Execution, normalize
 from moprune.gated import GatedModel
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.sliced import SlicedModel
 from moprune.space import PruningSpace
-from moprune.training import NonFiniteError
+from moprune.training import NonFiniteError, norm_tensors
 from moprune.zoo.data import Normalization, Split
 
 MODES = ("auto", "gate", "slice")
@@ -132,12 +139,15 @@ class Evaluator:
         data: The evaluation images (uint8) and labels, e.g. the hold-out split.
         normalization: Mean/std the model expects.
         device: ``"cpu"`` or ``"cuda"``.
-        mode: ``"gate"``, ``"slice"`` or ``"auto"`` (gate on CUDA, slice on CPU).
+        mode: ``"gate"``, ``"slice"`` or ``"auto"`` (gate on CUDA or when compiled, slice
+            on the CPU).
         batch_size: Images per forward pass: per candidate in slice mode; in gate mode the
             total over the candidates batched together (``n_candidates x n_images``), so a
             whole population shares one pass when it fits. Default: 512 on the CPU, 8192 on
             CUDA.
         progress: Show a progress bar over candidates.
+        execution: Precision, memory format and compilation (default: ``"auto"``, see
+            :class:`~moprune.execution.Execution`); ``compile`` needs gate mode.
 
     """
 
@@ -149,6 +159,7 @@ class Evaluator:
     mode: str = "auto"
     batch_size: int | None = None
     progress: bool = False
+    execution: Execution = Execution()
     stats: EvalStats = field(default_factory=EvalStats)
 
     def __post_init__(self) -> None:
@@ -161,13 +172,25 @@ class Evaluator:
             self.batch_size = 8192 if self.device.type == "cuda" else 512
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
+        if not isinstance(self.execution, Execution):
+            raise TypeError(f"execution must be an Execution; got {type(self.execution).__name__}")
+        self.execution = self.execution.resolve(self.device)
         if self.mode == "auto":
-            self.mode = "gate" if self.device.type == "cuda" else "slice"
-        self._model = copy.deepcopy(self.model).to(self.device).eval()
-        self._x = self.normalization.apply(self.data.images.to(self.device))
+            gate = self.device.type == "cuda" or self.execution.compile
+            self.mode = "gate" if gate else "slice"
+        if self.execution.compile and self.mode != "gate":
+            raise ValueError("compile needs gate mode (fixed shapes); slice mode changes the "
+                             "layer shapes with every candidate. Use mode 'gate' (--mode gate) "
+                             "or leave compilation off (no --compile).")
+        self._model = self.execution.prepare(copy.deepcopy(self.model).to(self.device).eval())
+        self._x = self.data.images.to(self.device)  # uint8; normalised per batch on the device
         self._y = self.data.labels.to(self.device)
-        self._gated = GatedModel(self._model, self.space)
+        self._mean, self._std = norm_tensors(self.normalization, self._x.shape[1], self.device)
+        self._gated = GatedModel(self._model, self.space, persistent=self.mode == "gate")
         self._sliced = SlicedModel(self._model, self.space)
+        self._step = self._gate_step
+        if self.execution.compile:
+            self._step = torch.compile(self._gate_step, fullgraph=True, dynamic=False)
         self._cache: MaskCache = {}
 
     @property
@@ -207,42 +230,84 @@ class Evaluator:
         acc, loss = self._run(np.atleast_2d(np.asarray(masks, dtype=bool)))
         return EvalResult(accuracy=acc, loss=loss)
 
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, self._mean, self._std, self.execution.memory_format)
+
+    def _gate_step(self, images: torch.Tensor, y: torch.Tensor, masks: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 ``images`` under every gate row of ``masks``: correct, loss sum, non-finite."""
+        with self.execution.autocast(self.device):
+            logits = self._gated.run(self._input(images), masks)
+        return _score(logits, y)
+
+    def _slice_step(self, images: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with self.execution.autocast(self.device):
+            logits = self._sliced.forward(self._input(images), mask)
+        return _score(logits.unsqueeze(0), y)
+
     @torch.inference_mode()
     def _run(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m = torch.as_tensor(masks, device=self.device)
-        n = m.shape[0]
+        n = masks.shape[0]
         correct = torch.zeros(n, dtype=torch.float64, device=self.device)
         loss = torch.zeros(n, dtype=torch.float64, device=self.device)
+        bad = torch.zeros(n, dtype=torch.bool, device=self.device)
         bar = tqdm(total=n, desc="evaluate", unit="cand", disable=not self.progress, leave=False)
-        if self.mode == "gate":
-            per = max(1, self.batch_size // min(self.batch_size, self.n_images))
-            step = min(self.batch_size, self.n_images)
-            for c0 in range(0, n, per):
-                c1 = min(n, c0 + per)
-                for b0 in range(0, self.n_images, step):
-                    x, y = self._x[b0:b0 + step], self._y[b0:b0 + step]
-                    logits = self._gated.forward(x, m[c0:c1])  # (P, B, classes)
-                    self._accumulate(logits, y, correct[c0:c1], loss[c0:c1])
-                bar.update(c1 - c0)
-        else:
-            for i in range(n):
-                for b0 in range(0, self.n_images, self.batch_size):
-                    x, y = self._x[b0:b0 + self.batch_size], self._y[b0:b0 + self.batch_size]
-                    logits = self._sliced.forward(x, m[i]).unsqueeze(0)
-                    self._accumulate(logits, y, correct[i:i + 1], loss[i:i + 1])
-                bar.update(1)
-        bar.close()
-        return (correct / self.n_images).cpu().numpy(), (loss / self.n_images).cpu().numpy()
-
-    @staticmethod
-    def _accumulate(logits: torch.Tensor, y: torch.Tensor, correct: torch.Tensor,
-                    loss: torch.Tensor) -> None:
-        if not torch.isfinite(logits).all():
+        try:
+            if self.mode == "gate":
+                self._run_gated(masks, correct, loss, bad, bar)
+            else:
+                for i in range(n):
+                    row = torch.from_numpy(np.ascontiguousarray(masks[i]))  # stays on the CPU
+                    for b0 in range(0, self.n_images, self.batch_size):
+                        b1 = b0 + self.batch_size
+                        c, lo, f = self._slice_step(self._x[b0:b1], self._y[b0:b1], row)
+                        correct[i] += c[0]
+                        loss[i] += lo[0]
+                        bad[i] |= f[0]
+                    bar.update(1)
+        finally:
+            self._gated.reset()
+            bar.close()
+        if bad.any():  # the one host synchronisation of the call
             raise NonFiniteOutputError(
-                "the model produced NaN or infinite logits; check the checkpoint (a diverged "
-                "fine-tune?) and the input normalisation."
+                f"the model produced NaN or infinite logits for {int(bad.sum())} of {n} "
+                f"candidate(s) (precision {self.execution.precision}); check the checkpoint (a "
+                "diverged fine-tune?) and the input normalisation, or use precision 'fp32' if "
+                "fp16 overflowed."
             )
-        p, b, c = logits.shape
-        correct += (logits.argmax(-1) == y).sum(1).double()
-        ce = F.cross_entropy(logits.reshape(p * b, c).float(), y.repeat(p), reduction="none")
-        loss += ce.view(p, b).sum(1).double()
+        both = (torch.stack([correct, loss]) / self.n_images).cpu().numpy()  # one transfer
+        return both[0], both[1]
+
+    def _run_gated(self, masks: np.ndarray, correct: torch.Tensor, loss: torch.Tensor,
+                   bad: torch.Tensor, bar: tqdm) -> None:
+        """Populations of ``per`` candidates per pass; padded to ``per`` when compiled."""
+        n = masks.shape[0]
+        step = min(self.batch_size, self.n_images)
+        per = max(1, self.batch_size // step)
+        m = torch.as_tensor(masks, dtype=torch.float32).to(self.device)
+        for c0 in range(0, n, per):
+            c1 = min(n, c0 + per)
+            chunk = m[c0:c1]
+            if self.execution.compile and c1 - c0 < per:  # one shape: no recompilation
+                chunk = torch.cat([chunk, chunk[-1:].expand(per - (c1 - c0), -1)])
+            for b0 in range(0, self.n_images, step):
+                c, lo, f = self._step(self._x[b0:b0 + step], self._y[b0:b0 + step], chunk)
+                correct[c0:c1] += c[:c1 - c0]
+                loss[c0:c1] += lo[:c1 - c0]
+                bad[c0:c1] |= f[:c1 - c0]
+            bar.update(c1 - c0)
+
+
+def _score(logits: torch.Tensor, y: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Correct count, summed cross-entropy and non-finite flag per candidate, on the device.
+
+    ``logits`` is (P, B, classes); the counts and sums come back as float64, (P,) each.
+    """
+    p, b, c = logits.shape
+    logits = logits.float()
+    bad = ~torch.isfinite(logits).view(p, -1).all(1)
+    correct = (logits.argmax(-1) == y).sum(1).double()
+    ce = F.cross_entropy(logits.reshape(p * b, c), y.repeat(p), reduction="none")
+    return correct, ce.view(p, b).sum(1).double(), bad

@@ -11,6 +11,7 @@ import thop
 import torch
 from torch import nn
 
+from moprune.execution import Execution
 from moprune.runs import atomic_write_bytes
 from moprune.surgery import prune_model
 from moprune.task import SearchSetup
@@ -28,7 +29,8 @@ def thop_cost(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]
 def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epochs: int = 0,
                      seed: int = 0, device: str | torch.device = "cpu",
                      progress: bool = True, finetune_config: FinetuneConfig | None = None,
-                     model: nn.Module | None = None, start: str = "scored") -> dict:
+                     model: nn.Module | None = None, start: str = "scored",
+                     execution: Execution | None = None) -> dict:
     """Prune the full model to ``record``'s plan, optionally fine-tune, measure and save.
 
     The file holds ``{"model", "plan", "normalization", "metrics", "input_shape", "genome",
@@ -48,6 +50,8 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
             copied, not changed.
         start: What ``model`` is (``"scored"`` or ``"scratch"``), for the metrics and the
             fine-tuning checkpoint.
+        execution: Precision, memory format and compilation of the fine-tuning (default:
+            ``Execution()``); the reported accuracies are measured in fp32.
 
     Fine-tuning writes a checkpoint after every epoch to ``OUT.ckpt``; an interrupted export
     run again with the same settings resumes from it. It is removed once ``out`` is written.
@@ -84,7 +88,7 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
         gen = torch.Generator().manual_seed(seed)
         result = finetune(model, data.train, data.normalization, cfg, generator=gen,
                           device=device, val=data.val, progress=progress,
-                          checkpoint_path=checkpoint_file(out),
+                          checkpoint_path=checkpoint_file(out), execution=execution,
                           checkpoint_key={"id": record["id"], "genome": record["genome"],
                                           "start": start, "seed": seed})
         val_acc, val_loss = evaluate_accuracy(model, data.val, data.normalization, device=device)
@@ -93,7 +97,9 @@ def export_candidate(setup: SearchSetup, record: dict, out: Path, finetune_epoch
                         "pre_finetune_test_accuracy": metrics["test_accuracy"],
                         "val_accuracy": val_acc, "val_loss": val_loss,
                         "test_accuracy": test_acc, "finetune_history": result.history,
-                        "finetune_config": dataclasses.asdict(cfg)})
+                        "finetune_config": dataclasses.asdict(cfg),
+                        "finetune_execution": (execution or Execution()).resolve(
+                            device).to_dict()})
     norm = data.normalization
     payload = {
         "model": model.cpu().eval(),

@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from moprune.execution import Execution
 from moprune.evaluator import EvalResult, EvalStats, Evaluator, resolve_device
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.sliced import SlicedModel
@@ -46,8 +47,8 @@ from moprune.training import (
     _augment,
     _batch_bounds,
     _lr_at,
-    _norm_tensors,
     evaluate_accuracy,
+    norm_tensors,
 )
 from moprune.zoo.data import Normalization, Split
 
@@ -169,7 +170,7 @@ class BatchStream:
         _, _, h, w = train.images.shape
         self.crop = recipe.augment and h >= CROP_MIN_SIZE and w >= CROP_MIN_SIZE
         self.flip = recipe.augment and recipe.augment_flip
-        self.mean, self.std = _norm_tensors(normalization, train.images.shape[1], device)
+        self.mean, self.std = norm_tensors(normalization, train.images.shape[1], device)
         self.bounds = _batch_bounds(len(train), recipe.batch_size)
         self._epoch: int | None = None
 
@@ -247,8 +248,9 @@ class InheritanceEvaluator:
         self.mode = "inherit"
         self.stats = EvalStats()
         # the slice-mode evaluator's own device copy of the model *is* the supernet
+        # fp32, contiguous: the supernet trains in its own loop, exactly like the pruned network
         self._eval = Evaluator(model, space, val, normalization, device=self.device,
-                               mode="slice")
+                               mode="slice", execution=Execution("fp32", channels_last=False))
         self.supernet = self._eval.network
         self._sliced = SlicedModel(self.supernet, space)
         # SGD momentum of every supernet parameter, inherited like the weights

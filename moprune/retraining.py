@@ -35,6 +35,7 @@ from moprune.evaluator import (
     resolve_device,
     uncached,
 )
+from moprune.execution import Execution
 from moprune.inheritance import random_init
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.space import PruningSpace
@@ -83,13 +84,16 @@ class RetrainingEvaluator:
         from_scratch: Re-initialise each pruned candidate (:func:`moprune.inheritance.
             random_init`, seeded like its training) and train it from scratch: EvoFC without
             weight inheritance.
+        execution: Precision and memory format of the retraining and scoring (default:
+            ``Execution()``); never compiled here, every candidate has its own shapes.
 
     """
 
     def __init__(self, model: nn.Module, space: PruningSpace, train: Split, val: Split,
                  normalization: Normalization, config: FinetuneConfig, seed: int,
                  device: str | torch.device = "cpu", mode: str = "auto",
-                 progress: bool = False, from_scratch: bool = False) -> None:
+                 progress: bool = False, from_scratch: bool = False,
+                 execution: Execution | None = None) -> None:
         if config.epochs < 1:
             raise ValueError(f"partial retraining needs epochs >= 1 (got {config.epochs}); use "
                              "the plain Evaluator for scoring without retraining")
@@ -104,8 +108,10 @@ class RetrainingEvaluator:
         self.progress = progress
         self.from_scratch = from_scratch
         self.normalization = normalization
+        self.execution = dataclasses.replace(execution or Execution(),
+                                             compile=False).resolve(self.device)
         self.reference = Evaluator(model, space, val, normalization, device=self.device,
-                                   mode=mode)
+                                   mode=mode, execution=self.execution)
         self.mode = "retrain"
         self.data = val
         self.stats = EvalStats()
@@ -148,14 +154,14 @@ class RetrainingEvaluator:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             finetune(pruned, self._train, self.normalization, self.config, generator=gen,
-                     device=self.device, progress=False)
+                     device=self.device, progress=False, execution=self.execution)
         return pruned.eval()
 
     def _score(self, mask: np.ndarray, split: Split) -> tuple[float, float]:
         """Retrain and measure one candidate; a diverged retraining scores 0 (loss inf)."""
         try:
             return evaluate_accuracy(self.trained(mask), split, self.normalization,
-                                     device=self.device)
+                                     device=self.device, execution=self.execution)
         except NonFiniteError as exc:
             self.stats.diverged += 1
             warnings.warn(f"a candidate's partial retraining diverged ({exc}); it scores "

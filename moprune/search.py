@@ -25,6 +25,7 @@ from moprune.analysis import (
     trade_off_models,
 )
 from moprune.evaluator import Evaluator
+from moprune.execution import Execution
 from moprune.inheritance import InheritanceEvaluator
 from moprune.retraining import RetrainingEvaluator
 from moprune.runs import (
@@ -228,10 +229,12 @@ def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dic
     scorer = setup.evaluator
     retrained = isinstance(scorer, RetrainingEvaluator)
     mode = scorer.reference.mode if retrained else getattr(scorer, "mode", "auto")
+    # the search's precision, not compiled: the test split is measured once
+    execution = dataclasses.replace(getattr(scorer, "execution", Execution()), compile=False)
     test_eval = Evaluator(setup.task.model, setup.space, setup.data.test,
                           setup.data.normalization, device=scorer.device,  # type: ignore
                           mode=mode if mode in ("gate", "slice") else "auto",
-                          progress=progress)
+                          progress=progress, execution=execution)
     decode = problem.genome_from_key  # type: ignore[attr-defined]
     masks = problem.decode_masks(np.stack([decode(r["genome"]) for r in front]))
     baseline["test_accuracy"] = float(test_eval.baseline().accuracy[0])

@@ -43,7 +43,9 @@ class SlicedModel:
         self.model = model
         self.space = space
         device = next(model.parameters()).device
+        self.device = device
         self._layers: list[tuple[str, str, torch.Tensor | None, torch.Tensor | None]] = []
+        self._cpu_layers: list[tuple[str, str, torch.Tensor | None, torch.Tensor | None]] = []
         for name, info in space.layers.items():
             if info.kind not in (CONV, DEPTHWISE, LINEAR, BATCHNORM, OPTION_A):
                 continue
@@ -53,9 +55,10 @@ class SlicedModel:
             pruned_in = own_in is not None and (own_in >= 0).any()
             if not (pruned_out or pruned_in):
                 continue
-            t_out = torch.as_tensor(own_out, device=device) if own_out is not None else None
-            t_in = torch.as_tensor(own_in, device=device) if own_in is not None else None
-            self._layers.append((name, info.kind, t_in, t_out))
+            t_out = torch.as_tensor(own_out) if own_out is not None else None
+            t_in = torch.as_tensor(own_in) if own_in is not None else None
+            self._cpu_layers.append((name, info.kind, t_in, t_out))
+            self._layers.append((name, info.kind, _on(t_in, device), _on(t_out, device)))
 
     @staticmethod
     def _keep(owner: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
@@ -65,10 +68,30 @@ class SlicedModel:
         return keep.nonzero().squeeze(1)
 
     def indices(self, mask: torch.Tensor) -> Iterator[LayerSlice]:
-        """Per sliced layer: its name, kind and kept input / output indices (or None)."""
+        """Per sliced layer: its name, kind and kept input / output indices (or None).
+
+        The indices live on the model's device. A CPU ``mask`` for a model on a GPU is
+        resolved on the CPU and sent in one non-blocking copy: no host synchronisation
+        (``nonzero`` on the GPU would wait for the device once per layer).
+        """
         mask = mask.to(dtype=torch.bool)
-        for name, kind, own_in, own_out in self._layers:
-            yield LayerSlice(name, kind, self._keep(own_in, mask), self._keep(own_out, mask))
+        if mask.device == self.device or mask.device.type != "cpu":
+            mask = mask.to(self.device)
+            for name, kind, own_in, own_out in self._layers:
+                yield LayerSlice(name, kind, self._keep(own_in, mask),
+                                 self._keep(own_out, mask))
+            return
+        kept = [(self._keep(own_in, mask), self._keep(own_out, mask))
+                for _, _, own_in, own_out in self._cpu_layers]
+        flat = [k for pair in kept for k in pair if k is not None]
+        sizes = [len(k) for k in flat]
+        packed = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.long)
+        if self.device.type == "cuda":
+            packed = packed.pin_memory()
+        parts = iter(packed.to(self.device, non_blocking=True).split(sizes))
+        for (name, kind, _, _), (k_in, k_out) in zip(self._cpu_layers, kept, strict=True):
+            yield LayerSlice(name, kind, None if k_in is None else next(parts),
+                             None if k_out is None else next(parts))
 
     def tensors(self, mask: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
         """Sliced parameters/buffers for one keep-mask, and the depthwise groups to patch."""
@@ -111,7 +134,14 @@ class SlicedModel:
                 self.model.get_submodule(name).groups = g
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Logits of the plan given by ``mask`` (n_channels,) on images ``x`` (B, C, H, W)."""
-        tensors, groups = self.tensors(mask.to(x.device))
+        """Logits of the plan given by ``mask`` (n_channels,) on images ``x`` (B, C, H, W).
+
+        ``mask`` may stay on the CPU (see :meth:`indices`).
+        """
+        tensors, groups = self.tensors(mask)
         with self.patched_groups(groups):
             return functional_call(self.model, tensors, (x,))
+
+
+def _on(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)

@@ -23,6 +23,7 @@ from moprune.criteria import CRITERIA, ScoreContext
 from moprune.encoding import GenomeError
 from moprune.evaluator import Evaluator, MaskScorer
 from moprune.evofc import CriterionRatioProblem, EvoFCOptions
+from moprune.execution import Execution
 from moprune.inheritance import InheritanceEvaluator, random_init
 from moprune.problems import FilterMaskProblem, LayerRatioProblem, PruningProblem
 from moprune.retraining import RetrainingEvaluator
@@ -219,7 +220,7 @@ def criterion_context(task: PruningTask, data: DataBundle, seed: int,
 
 def _evofc_evaluator(model: nn.Module, space: PruningSpace, data: DataBundle,
                      recipe: FinetuneConfig, options: EvoFCOptions, seed: int, device: str,
-                     mode: str, progress: bool) -> MaskScorer:
+                     mode: str, progress: bool, execution: Execution) -> MaskScorer:
     if options.training == "inherit":
         return InheritanceEvaluator(model, space, data.train, data.val, data.normalization,
                                     recipe, planned=options.planned, seed=seed, device=device,
@@ -227,9 +228,9 @@ def _evofc_evaluator(model: nn.Module, space: PruningSpace, data: DataBundle,
     if options.training == "scratch":
         return RetrainingEvaluator(model, space, data.train, data.val, data.normalization,
                                    recipe, seed=seed, device=device, mode=mode,
-                                   progress=progress, from_scratch=True)
+                                   progress=progress, from_scratch=True, execution=execution)
     return Evaluator(model, space, data.val, data.normalization, device=device, mode=mode,
-                     progress=progress)
+                     progress=progress, execution=execution)
 
 
 def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
@@ -238,7 +239,8 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
                  max_accuracy_drop: float | None = None, encoding: str | None = None,
                  objectives: tuple[str, ...] | None = None, residual: bool | None = None,
                  retrain: FinetuneConfig | None = None, seed: int = 0,
-                 evofc: EvoFCOptions | None = None) -> SearchSetup:
+                 evofc: EvoFCOptions | None = None,
+                 execution: Execution | None = None) -> SearchSetup:
     """Build space, evaluator (on the hold-out split) and pymoo problem for ``task``.
 
     ``encoding``, ``objectives`` and ``residual`` (the space policy's residual stages)
@@ -249,7 +251,10 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
     :class:`~moprune.evofc.CriterionRatioProblem` scored as ``evofc.training`` says (weight
     inheritance, training from scratch, or as is), starting from ``evofc.init`` (with
     ``"random"`` the returned ``setup.task.model`` is the re-initialised network).
+    ``execution`` sets precision, memory format and compilation of the evaluator (weight
+    inheritance keeps its own fp32 training loop).
     """
+    execution = execution or Execution()
     encoding = encoding or task.encoding
     objectives = objectives or task.objectives
     if encoding not in ENCODINGS:
@@ -268,14 +273,14 @@ def make_problem(task: PruningTask, data: DataBundle, device: str = "cpu",
     if evofc is not None:
         recipe = dataclasses.replace(task.finetune, epochs=evofc.epochs, lr=evofc.lr)
         evaluator = _evofc_evaluator(task.model, space, data, recipe, evofc, seed, device,
-                                     mode, progress)
+                                     mode, progress, execution)
     elif retrain is not None and retrain.epochs > 0:
         evaluator = RetrainingEvaluator(task.model, space, data.train, data.val,
                                         data.normalization, retrain, seed=seed, device=device,
-                                        mode=mode, progress=progress)
+                                        mode=mode, progress=progress, execution=execution)
     else:
         evaluator = Evaluator(task.model, space, data.val, data.normalization, device=device,
-                              mode=mode, progress=progress)
+                              mode=mode, progress=progress, execution=execution)
     problem: PruningProblem
     if evofc is not None:
         context = criterion_context(task, data, seed, device, evofc.criteria,

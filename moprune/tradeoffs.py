@@ -19,6 +19,7 @@ from torch import nn
 
 from moprune.analysis import ROLES, format_table, plot_trade_offs
 from moprune.ccep import load_network
+from moprune.execution import Execution
 from moprune.export import export_candidate
 from moprune.inheritance import InheritanceEvaluator, random_init
 from moprune.retraining import RetrainingEvaluator
@@ -107,13 +108,14 @@ def trade_offs_table(exported: dict[str, dict], baseline: dict, markdown: bool =
 
 def export_trade_offs(setup: SearchSetup, run: RunDir, out_dir: Path, finetune_epochs: int,
                       recipe: FinetuneConfig, seed: int, device: str | torch.device,
-                      progress: bool = True, start: str = "scored") -> dict[str, dict]:
+                      progress: bool = True, start: str = "scored",
+                      execution: Execution | None = None) -> dict[str, dict]:
     """Export the heavy, knee and light members of ``run`` into ``out_dir``.
 
     Writes ``{heavy,knee,light}.pt`` (see :func:`moprune.export.export_candidate`),
     ``elites.json`` (records and measured metrics), ``elites.md`` (the table) and
     ``elites.{png,svg}`` (the three against the baseline and the front). A member playing
-    two roles is exported (and retrained) once.
+    two roles is exported (and retrained) once. ``execution`` is the fine-tuning's.
 
     Returns:
         ``{role: {"record": ..., "metrics": ...}}`` in the order heavy, knee, light.
@@ -146,7 +148,7 @@ def export_trade_offs(setup: SearchSetup, run: RunDir, out_dir: Path, finetune_e
                                        seed=seed, device=device, progress=progress,
                                        finetune_config=recipe,
                                        model=start_model(setup, run, record, start, seed),
-                                       start=start)
+                                       start=start, execution=execution)
             done[record["id"]] = (path, metrics)
         exported[role] = {"record": record, "metrics": metrics}
     baseline = run.baseline()
