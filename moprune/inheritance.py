@@ -34,8 +34,8 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from moprune.execution import Execution
 from moprune.evaluator import EvalResult, EvalStats, Evaluator, resolve_device
+from moprune.execution import Execution
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.sliced import SlicedModel
 from moprune.space import BATCHNORM, CONV, DEPTHWISE, LINEAR, PruningSpace
