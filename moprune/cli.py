@@ -61,14 +61,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
 
 
-def _add_execution_args(p: argparse.ArgumentParser, what: str) -> None:
+def _add_execution_args(p: argparse.ArgumentParser, what: str, compile_note: str = "") -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help=f"autocast precision of {what}: auto (bf16 on CUDA, fp16 on GPUs "
                         "without bf16, fp32 on the CPU), fp32, bf16 or fp16 (default: auto; "
                         "bf16 is about 3x faster on CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--compile", action="store_true",
-                   help=f"torch.compile {what} (the first call compiles for tens of seconds; "
-                        "worth it for long runs)")
+                   help=f"torch.compile {what}{compile_note} (the first call compiles for tens "
+                        "of seconds; worth it for long runs)")
 
 
 def _add_ccep_args(p: argparse.ArgumentParser) -> None:
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run in --out (same options required)")
     p.add_argument("--force", action="store_true",
                    help="overwrite a different run already in --out")
-    _add_execution_args(p, "the evaluation (gate mode)")
+    _add_execution_args(p, "the evaluation", ", gate mode only (--mode auto then picks gate)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_ccep_args(p)
     _add_es_args(p)
@@ -292,9 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=_nonneg, default=0,
                    help="epochs of fine-tuning on the training part (default: 0; published "
                         "DeepPruningES: 200 with --recipe deeppruninges)")
-    p.add_argument("--recipe", choices=("task", "deeppruninges"), default="task",
+    p.add_argument("--recipe", choices=("task", "deeppruninges", "fast"), default="task",
                    help="task: the problem file's recipe; deeppruninges: SGD lr 1e-4, momentum "
-                        "0.9, Nesterov, constant (default: task)")
+                        "0.9, Nesterov, constant; fast: batch 1024, lr 0.2 with a linear "
+                        "warm-up (20 %%) and decay, label smoothing 0.1, for GPUs (default: "
+                        "task)")
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate "
                    "(default: the recipe's)")
     p.add_argument("--start", choices=("scored", "scratch"), default="scored",

@@ -48,7 +48,7 @@ from moprune.task import (
     make_problem,
 )
 from moprune.tradeoffs import export_trade_offs, resolve_role, start_model, trade_offs_table
-from moprune.training import FinetuneConfig, evaluate_accuracy, finetune
+from moprune.training import FinetuneConfig, evaluate_accuracy, fast_recipe, finetune
 
 MEMBER_COLUMNS = (
     ("name", "model", ""), ("id", "id", "d"), ("val_accuracy", "val acc", ".2%"),
@@ -512,6 +512,8 @@ def cmd_pick(args: argparse.Namespace) -> int:
 def _export_recipe(args: argparse.Namespace, task: PruningTask) -> FinetuneConfig:
     if args.recipe == ES:
         cfg = final_recipe(task.finetune, args.finetune_epochs)
+    elif args.recipe == "fast":
+        cfg = fast_recipe(task.finetune, args.finetune_epochs)
     else:
         cfg = dataclasses.replace(task.finetune, epochs=args.finetune_epochs)
     return cfg if args.lr is None else dataclasses.replace(cfg, lr=args.lr)
@@ -526,6 +528,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.recipe == ES and args.finetune_epochs == 0:
         raise ValueError("--recipe deeppruninges is a fine-tuning recipe: give --finetune-epochs "
                          "N > 0 (published: 200)")
+    if args.recipe == "fast" and args.finetune_epochs == 0:
+        raise ValueError("--recipe fast is a fine-tuning recipe: give --finetune-epochs N > 0")
     if args.elites:
         if args.out.exists() and not args.out.is_dir():
             raise ValueError(f"--elites writes three models and a table into a folder; "

@@ -143,7 +143,7 @@ class Evaluator:
             on the CPU).
         batch_size: Images per forward pass: per candidate in slice mode; in gate mode the
             total over the candidates batched together (``n_candidates x n_images``), so a
-            whole population shares one pass when it fits. Default: 512 on the CPU, 8192 on
+            whole population shares one pass when it fits. Default: 512 on the CPU, 32768 on
             CUDA.
         progress: Show a progress bar over candidates.
         execution: Precision, memory format and compilation (default: ``"auto"``, see
@@ -169,7 +169,7 @@ class Evaluator:
             raise ValueError("the evaluation split is empty; pass at least one image")
         self.device = resolve_device(self.device)
         if self.batch_size is None:
-            self.batch_size = 8192 if self.device.type == "cuda" else 512
+            self.batch_size = 32768 if self.device.type == "cuda" else 512
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
         if not isinstance(self.execution, Execution):

@@ -112,6 +112,20 @@ class FinetuneConfig:
             raise ValueError("invalid FinetuneConfig: " + "; ".join(problems) + ".")
 
 
+def fast_recipe(base: FinetuneConfig, epochs: int, batch_size: int = 1024,
+                lr: float = 0.2) -> FinetuneConfig:
+    """Large-batch one-cycle fine-tuning for GPUs (the shape of airbench's CIFAR-10 recipe).
+
+    Nesterov SGD at batch ``batch_size`` with a linear warm-up over the first 20 % of the
+    steps to ``lr`` and a linear decay to 0 (``schedule="triangle"``), label smoothing 0.1;
+    weight decay and augmentation from ``base``. Few, large steps: with data and
+    augmentation on the device it keeps a GPU busy where batch 128 cannot.
+    """
+    return dataclasses.replace(base, epochs=epochs, lr=lr, batch_size=batch_size,
+                               momentum=0.9, nesterov=True, schedule="triangle", warmup=0.2,
+                               label_smoothing=0.1)
+
+
 @dataclass
 class FinetuneResult:
     """What :func:`finetune` did.

@@ -29,7 +29,7 @@ from moprune.plan import PruningPlan, masks_matrix
 from moprune.runs import RunDir
 from moprune.sliced import SlicedModel
 from moprune.surgery import prune_model
-from moprune.training import FinetuneConfig, _lr_at, evaluate_accuracy, finetune
+from moprune.training import FinetuneConfig, _lr_at, evaluate_accuracy, fast_recipe, finetune
 from moprune.zoo.data import Normalization, Split
 
 CUDA = torch.cuda.is_available()
@@ -424,3 +424,25 @@ def test_help_lists_the_speed_options(command: str, capsys) -> None:
         main([command, "--help"])
     out = capsys.readouterr().out
     assert "--precision {auto,fp32,bf16,fp16}" in out and "--compile" in out
+
+
+def test_fast_recipe() -> None:
+    base = FinetuneConfig(weight_decay=1e-4, augment_flip=False)
+    cfg = fast_recipe(base, 3)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.schedule, cfg.warmup) == (3, 1024, 0.2,
+                                                                              "triangle", 0.2)
+    assert cfg.weight_decay == 1e-4 and cfg.augment_flip is False  # kept from the task
+
+
+def test_export_with_the_fast_recipe_needs_epochs(tmp_path, digits_weights, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(digits_search(run, digits_weights)) == 0
+    out = tmp_path / "m.pt"
+    assert main(["export", str(run), "--id", "knee", "--out", str(out), "--recipe", "fast",
+                 "--quiet"]) != 0
+    assert "--recipe fast is a fine-tuning recipe" in capsys.readouterr().err
+    assert main(["export", str(run), "--id", "knee", "--out", str(out), "--recipe", "fast",
+                 "--finetune-epochs", "1", "--quiet"]) == 0
+    metrics = torch.load(out, weights_only=False)["metrics"]
+    assert metrics["finetune_config"]["schedule"] == "triangle"
+    assert metrics["finetune_config"]["batch_size"] == 1024
