@@ -281,7 +281,11 @@ class Evaluator:
 
     def _run_gated(self, masks: np.ndarray, correct: torch.Tensor, loss: torch.Tensor,
                    bad: torch.Tensor, bar: tqdm) -> None:
-        """Populations of ``per`` candidates per pass; padded to ``per`` when compiled."""
+        """Populations of ``per`` candidates per pass; padded to ``per`` when compiled.
+
+        Compiled, a call uses one graph, or two when the images come in chunks and the last
+        chunk is smaller (its shape differs); both are reused by every later call.
+        """
         n = masks.shape[0]
         step = min(self.batch_size, self.n_images)
         per = max(1, self.batch_size // step)
@@ -289,7 +293,7 @@ class Evaluator:
         for c0 in range(0, n, per):
             c1 = min(n, c0 + per)
             chunk = m[c0:c1]
-            if self.execution.compile and c1 - c0 < per:  # one shape: no recompilation
+            if self.execution.compile and c1 - c0 < per:  # one candidate count: no recompiling
                 chunk = torch.cat([chunk, chunk[-1:].expand(per - (c1 - c0), -1)])
             for b0 in range(0, self.n_images, step):
                 c, lo, f = self._step(self._x[b0:b0 + step], self._y[b0:b0 + step], chunk)

@@ -100,11 +100,17 @@ class SlicedModel:
         for name, kind, k_in, k_out in self.indices(mask):
             m = self.model.get_submodule(name)
             if kind in (CONV, LINEAR):
-                out[f"{name}.weight"] = m.weight.index_select(0, k_out).index_select(1, k_in)
+                w = m.weight.index_select(0, k_out).index_select(1, k_in)
+                if w.dim() == 4 and m.weight.is_contiguous(memory_format=torch.channels_last):
+                    w = w.contiguous(memory_format=torch.channels_last)  # keep the model's layout
+                out[f"{name}.weight"] = w
                 if m.bias is not None:
                     out[f"{name}.bias"] = m.bias.index_select(0, k_out)
             elif kind == DEPTHWISE:
-                out[f"{name}.weight"] = m.weight.index_select(0, k_out)
+                w = m.weight.index_select(0, k_out)
+                if m.weight.is_contiguous(memory_format=torch.channels_last):
+                    w = w.contiguous(memory_format=torch.channels_last)
+                out[f"{name}.weight"] = w
                 if m.bias is not None:
                     out[f"{name}.bias"] = m.bias.index_select(0, k_out)
                 groups[name] = len(k_out)

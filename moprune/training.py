@@ -212,8 +212,9 @@ def evaluate_accuracy(
 ) -> tuple[float, float]:
     """Return the top-1 accuracy and mean cross-entropy of ``model`` on ``split``.
 
-    The model is moved to ``device`` and run in eval mode under ``torch.inference_mode``;
-    its training flag is restored afterwards.
+    The model is moved to ``device`` (in place, in the execution's memory format:
+    channels-last by default) and run in eval mode under ``torch.inference_mode``; its
+    training flag is restored afterwards.
 
     Args:
         model: A classifier returning logits of shape (N, num_classes).

@@ -25,6 +25,7 @@ from helpers import (
 from torch import nn
 
 from moprune.evaluator import Evaluator
+from moprune.execution import Execution
 from moprune.inheritance import (
     TRAINED,
     BatchStream,
@@ -274,7 +275,8 @@ def test_candidates_beyond_planned_train_nothing() -> None:
     res = ev.evaluate_masks(masks[2:])
     assert ev.trained == 4
     assert_state_equal(snap, ev.supernet)  # no steps left: nothing is trained
-    ref = Evaluator(ev.supernet, ev.space, val, ev.normalization, mode="slice").score(masks[2:])
+    ref = Evaluator(ev.supernet, ev.space, val, ev.normalization, mode="slice",
+                    execution=Execution("fp32", channels_last=False)).score(masks[2:])
     np.testing.assert_array_equal(res.accuracy, ref.accuracy)
     np.testing.assert_array_equal(res.loss, ref.loss)
     # every candidate is counted, with the images it was trained and scored on
@@ -315,7 +317,8 @@ def test_training_changes_only_the_kept_entries(which: str) -> None:
         assert changed_shared > 0
         assert not torch.equal(after["conv1.weight"], before["conv1.weight"])
     # the score is that of the weights (and BatchNorm statistics) just written back
-    ref = Evaluator(ev.supernet, ev.space, val, ev.normalization, mode="slice").score(mask)
+    ref = Evaluator(ev.supernet, ev.space, val, ev.normalization, mode="slice",
+                    execution=Execution("fp32", channels_last=False)).score(mask)
     assert (res.accuracy[0], res.loss[0]) == (ref.accuracy[0], ref.loss[0])
     assert_state_equal(start, model)  # the caller's model is never modified
     assert not ev.supernet.training
