@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from moprune.distributed import DistributedUnavailableError, SchedulerLostError
 from moprune.execution import PRECISIONS
 from moprune.gp.command import add_evolve_parser
 from moprune.registry import UnknownNameError
@@ -240,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="overwrite a different run already in --out")
     _add_execution_args(p, "the evaluation", ", gate mode only (--mode auto then picks gate)")
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=_positive, default=None,
+                         help="evaluate each population on a local Dask cluster of N worker "
+                              "processes (one per GPU with dask-cuda on CUDA); needs pip "
+                              "install 'moprune[distributed]'; not with ccep or EvoFC's weight "
+                              "inheritance")
+    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="evaluate on an existing Dask cluster (tcp://host:8786); its "
+                              "workers need moprune, the problem file and the data at the "
+                              "same paths")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_ccep_args(p)
     _add_es_args(p)
@@ -350,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `moprune pick RUN --list | head`
         sys.stderr.close()
         return 0
-    except (UnknownNameError, UnsupportedLayerError, ValueError, OSError) as exc:
+    except (UnknownNameError, UnsupportedLayerError, ValueError, OSError,
+            SchedulerLostError, DistributedUnavailableError) as exc:
         hint = ""
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
             hint = (" (offline? published weights load through torch.hub: copy the .th files "

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -21,14 +24,14 @@ from moprune.coevolution import CoevolutionConfig
 from moprune.cost import CostModel
 from moprune.criteria import CRITERIA, GP_PREFIX, criterion_name
 from moprune.deeppruninges import DeepPruningES, DeepPruningESConfig
-from moprune.evaluator import resolve_device
+from moprune.evaluator import MaskScorer, resolve_device
 from moprune.evofc import EVOFC_CRITERIA, EvoFCConfig, EvoFCOptions, evofc_nsga2
 from moprune.execution import Execution
 from moprune.export import export_candidate
 from moprune.gp.command import cmd_evolve  # noqa: F401  (the `evolve` sub-command)
 from moprune.inheritance import InheritanceEvaluator
 from moprune.retraining import final_recipe, partial_recipe
-from moprune.runs import RunDir, RunDirError, git_hash, versions
+from moprune.runs import EVENTS, PROGRESS, RunDir, RunDirError, git_hash, versions
 from moprune.search import (
     SearchConfig,
     load_supernet,
@@ -206,6 +209,7 @@ def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
         "criterion": args.criterion, "criterion_sha256": _criterion_sha(args.criterion),
         "partial": ({"epochs": args.partial_epochs, "lr": args.partial_lr}
                     if args.partial_epochs > 0 else None),
+        "precision": args.precision,  # bf16 and fp32 scores must not mix in one run
     }
     if ccep:
         identity["ccep"] = ccep_config(args).to_dict()
@@ -215,6 +219,7 @@ def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
         identity[EVOFC] = {**evofc.to_dict(), "nsga2": evofc_config(args).to_dict()}
     return {"identity": identity, "device": args.device, "mode": args.mode,
             "execution": execution_of(args).to_dict(),
+            "cluster": {"workers": args.workers, "scheduler": args.scheduler},
             "download": args.download, "versions": versions(), "git": git_hash(),
             "title": f"{title} (seed {args.seed})"}
 
@@ -251,7 +256,15 @@ def with_criterion(task: PruningTask, identity: dict) -> PruningTask:
 def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = False,
                    progress: bool = True) -> SearchSetup:
     """Rebuild the problem setup of a run from its config.json."""
-    cfg = run.config()
+    setup = setup_from_config(run.config(), device, load_train, progress)
+    if isinstance(setup.evaluator, InheritanceEvaluator):
+        load_supernet(run, setup.evaluator)  # refuses an unfinished run
+    return setup
+
+
+def setup_from_config(cfg: dict, device: str | None = None, load_train: bool = False,
+                      progress: bool = True) -> SearchSetup:
+    """The problem setup a run's config describes (problem file, weights, data, options)."""
     ident = cfg["identity"]
     ccep = ident.get("algorithm") == "ccep"
     masks_only = ccep or ident.get("algorithm") == ES
@@ -280,9 +293,12 @@ def setup_from_run(run: RunDir, device: str | None = None, load_train: bool = Fa
                          objectives=tuple(ident["objectives"]) if ccep else None,
                          residual=ident.get("residual"), retrain=retrain, seed=ident["seed"],
                          evofc=evofc, execution=_stored_execution(cfg))
-    if isinstance(setup.evaluator, InheritanceEvaluator):
-        load_supernet(run, setup.evaluator)  # refuses an unfinished run
     return setup
+
+
+def worker_scorer(cfg: dict, device: str) -> MaskScorer:
+    """What a Dask worker evaluates with: the run's evaluator, built from its config."""
+    return setup_from_config(cfg, device, progress=False).evaluator
 
 
 def _evofc_from(identity: dict) -> EvoFCOptions | None:
@@ -339,8 +355,18 @@ def cmd_search(args: argparse.Namespace) -> int:
                          execution=execution_of(args))
     if evofc is not None:
         algorithm = evofc_nsga2(setup.problem, evofc_config(args))  # type: ignore[arg-type]
-    if not resume:
-        run.create(config_dict)
+    with contextlib.ExitStack() as stack:
+        if _cluster_asked(args):
+            setup = _distribute(args, setup, config_dict, run, resume, stack)
+        elif not resume:
+            run.create(config_dict)
+        return _search_setup(args, setup, run, config, resume, algorithm, retrain, evofc)
+
+
+def _search_setup(args: argparse.Namespace, setup: SearchSetup, run: RunDir,
+                  config: SearchConfig, resume: bool, algorithm: object | None,
+                  retrain: FinetuneConfig | None, evofc: EvoFCOptions | None) -> int:
+    task, data = setup.task, setup.data
     scoring = (f"each candidate retrained {retrain.epochs} epochs on {len(data.train)} "
                f"training images (lr {retrain.lr}), then scored" if retrain else
                f"evaluation mode {setup.evaluator.mode}")
@@ -349,11 +375,62 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"{task.name}: {setup.space}; {len(data.val)} hold-out images, "
           f"{len(data.test)} test images; {scoring} on {setup.evaluator.device}")
     front = run_search(setup, run, config, resume=resume, progress=not args.quiet,
-                       algorithm=algorithm)
+                       algorithm=algorithm)  # type: ignore[arg-type]
     print(summary_table(run))
     print(f"\n{len(run.candidates())} candidates evaluated, {len(front)} on the front. "
           f"Run directory: {run.path}  (plots in {run.path / 'plots'})")
     return 0
+
+
+def _cluster_asked(args: argparse.Namespace) -> bool:
+    return args.workers is not None or args.scheduler is not None
+
+
+def _distribute(args: argparse.Namespace, setup: SearchSetup, config_dict: dict, run: RunDir,
+                resume: bool, stack: contextlib.ExitStack) -> SearchSetup:
+    """The setup with its evaluator spread over a Dask cluster (local or joined)."""
+    from moprune.distributed import (
+        DaskEvaluator,
+        local_cluster,
+        require_distributed,
+        torch_threads_per_worker,
+    )
+
+    if isinstance(setup.evaluator, InheritanceEvaluator):
+        raise ValueError("--workers/--scheduler cannot spread EvoFC's weight inheritance: its "
+                         "candidates train one shared supernet in order; use --training "
+                         "scratch or none, or leave the cluster options out")
+    distributed = require_distributed()
+    if args.scheduler is not None:
+        client = stack.enter_context(distributed.Client(args.scheduler, timeout="20s"))
+        threads = None
+        where = f"the Dask scheduler at {args.scheduler}"
+    else:
+        cluster = stack.enter_context(local_cluster(args.workers, args.device))
+        client = stack.enter_context(distributed.Client(cluster))
+        threads = torch_threads_per_worker(args.workers)
+        where = f"a local Dask cluster of {args.workers} worker process(es)"
+    if not resume:
+        run.create(config_dict)
+
+    def on_event(record: dict) -> None:
+        done = 0
+        if (run.path / PROGRESS).exists():
+            done = int(run.read(PROGRESS).get("generations_done", 0))  # type: ignore[union-attr]
+        run.append_jsonl(EVENTS, [{**record, "generation": done + 1,
+                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}])
+        print(f"note: Dask workers changed in generation {done + 1} (left: "
+              f"{', '.join(record['workers_left']) or 'none'}); their tasks ran elsewhere, "
+              f"see {run.path / EVENTS}")
+
+    factory = functools.partial(worker_scorer, config_dict, args.device)
+    scorer = DaskEvaluator(client, setup.evaluator, factory, torch_threads=threads,
+                           on_event=on_event)
+    stack.callback(scorer.close)
+    n = len(client.scheduler_info()["workers"])
+    print(f"evaluating on {where}: {n} worker(s), {scorer.chunk_size} candidate(s) per task")
+    setup.problem.evaluator = scorer  # type: ignore[attr-defined]
+    return dataclasses.replace(setup, evaluator=scorer)  # type: ignore[arg-type]
 
 
 def evofc_scoring(evofc: EvoFCOptions, setup: SearchSetup, n_train: int) -> str:
@@ -382,6 +459,10 @@ def evofc_scoring(evofc: EvoFCOptions, setup: SearchSetup, n_train: int) -> str:
 
 
 def _search_ccep(args: argparse.Namespace) -> int:
+    if _cluster_asked(args):
+        raise ValueError("--workers/--scheduler are not available with --algorithm ccep (its "
+                         "rounds evaluate every group's sub-populations in one local call); "
+                         "leave them out")
     config = ccep_config(args)
     task, run, config_dict, resume = _open_run(args)
     recipe = config.recipe_for(task.finetune)

@@ -9,6 +9,8 @@ Layout of a run directory::
     checkpoint.pkl     the pymoo algorithm after the last finished generation (atomic)
     progress.json      generations done, hypervolume per generation
     front.json         final non-dominated members with test accuracy
+    events.jsonl       only when something happened besides the results: Dask workers that
+                       left or joined during an evaluation (their tasks ran elsewhere)
     plots/             front.{png,svg}, hypervolume.{png,svg}
 
 CCEP runs (round-based) also hold ``rounds/round_NNN.pt`` (the network after each round)
@@ -41,9 +43,11 @@ CHECKPOINT = "checkpoint.pkl"
 FRONT = "front.json"
 BASELINE = "baseline.json"
 PROGRESS = "progress.json"
+EVENTS = "events.jsonl"  # what happened to a run besides its results (e.g. Dask workers lost)
 MAGIC = "moprune-checkpoint-v1"
 ROUNDS = "rounds"  # per-round networks of round-based searches (CCEP)
-EXTRA_FILES = ("coevolution.jsonl", "elites.jsonl", "supernet.pt", "gp.jsonl", "best.gp.json")
+EXTRA_FILES = ("coevolution.jsonl", "elites.jsonl", "supernet.pt", "gp.jsonl", "best.gp.json",
+               EVENTS)
 
 
 class RunDirError(ValueError):

@@ -226,7 +226,8 @@ def finalize(setup: SearchSetup, run: RunDir, progress: bool = True) -> list[dic
     objectives = problem.objectives
     front = front_records(records, objectives)
     baseline = dict(problem.baseline)
-    scorer = setup.evaluator
+    # a cluster's evaluator (moprune.distributed) measures the front with its local scorer
+    scorer = getattr(setup.evaluator, "local", setup.evaluator)
     retrained = isinstance(scorer, RetrainingEvaluator)
     mode = scorer.reference.mode if retrained else getattr(scorer, "mode", "auto")
     # the search's precision, not compiled: the test split is measured once

@@ -115,3 +115,10 @@ def test_gp_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
     assert float(found.group(2)) >= float(found.group(1)) > 0.1
     assert "scored 80 channels" in out
     assert (tmp_path / "evolved.gp.json").is_file()
+
+
+def test_distributed_api_example_runs(tmp_path, monkeypatch, capsys) -> None:
+    """The Python example of docs/distributed.md runs on a local cluster, same front."""
+    pytest.importorskip("distributed")
+    out = _run_python_example("distributed.md", tmp_path, monkeypatch, capsys)
+    assert "on 2 workers; same front as one process: True" in out
