@@ -278,3 +278,31 @@ def test_workers_and_scheduler_are_exclusive(capsys) -> None:
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+
+
+class ThreadsScorer:
+    """Reports, as its 'accuracy', the torch threads of the thread that runs the task."""
+
+    def evaluate_masks(self, masks):
+        import numpy as np
+        import torch
+
+        from moprune.evaluator import EvalResult
+
+        n = len(masks)
+        return EvalResult(accuracy=np.full(n, float(torch.get_num_threads())),
+                          loss=np.zeros(n))
+
+
+def test_tasks_run_with_the_workers_torch_threads_and_fast_malloc(client) -> None:
+    model, space, val, norm = digits_eval_setup(n_images=8)
+    local = Evaluator(model, space, val, norm)
+    dask_ev = DaskEvaluator(client, local, ThreadsScorer, torch_threads=2)
+    try:
+        assert set(dask_ev.score(masks_of(space, 4)).accuracy) == {2.0}
+    finally:
+        dask_ev.close()
+    # the nanny's MALLOC_TRIM_THRESHOLD_ is undone on every worker (glibc)
+    from moprune.distributed import relax_malloc
+
+    assert all(client.run(relax_malloc).values())
