@@ -4,6 +4,7 @@ from moprune.algorithms import ALGORITHMS, MaskNSGA2Config, mask_nsga2, ratio_ns
 from moprune.cost import Cost, CostModel
 from moprune.criteria import CRITERIA
 from moprune.evaluator import Evaluator
+from moprune.execution import Execution
 from moprune.evofc import CriterionRatioProblem, EvoFCConfig, evofc_nsga2
 from moprune.inheritance import InheritanceEvaluator
 from moprune.plan import PruningPlan
@@ -15,7 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS", "CRITERIA", "Cost", "CostModel", "CriterionRatioProblem", "Evaluator",
-    "EvoFCConfig", "FilterMaskProblem", "InheritanceEvaluator", "LayerRatioProblem",
+    "EvoFCConfig", "Execution", "FilterMaskProblem", "InheritanceEvaluator", "LayerRatioProblem",
     "MaskNSGA2Config", "PruningPlan", "PruningSpace", "SpacePolicy", "__version__",
     "evofc_nsga2", "mask_nsga2", "prune_model", "ratio_nsga2",
 ]

@@ -44,8 +44,7 @@ from moprune.evaluator import (
     Evaluator,
     MaskCache,
     MaskScorer,
-    cached_result,
-    uncached,
+    evaluate_cached,
 )
 from moprune.space import PruningSpace
 
@@ -223,15 +222,8 @@ class DaskEvaluator:
 
     def evaluate_masks(self, masks: np.ndarray) -> EvalResult:
         """Accuracy and loss of each row of a keep-mask matrix, computed on the cluster."""
-        masks, keys, todo = uncached(masks, self.space.n_channels, self._cache, self.stats)
-        if todo:
-            rows = list(todo.values())
-            acc, loss = self._run(masks[rows])
-            for j, k in enumerate(todo):
-                self._cache[k] = (float(acc[j]), float(loss[j]))
-            self.stats.evaluations += len(rows)
-            self.stats.images += len(rows) * getattr(self.local, "n_images", 0)
-        return cached_result(self._cache, keys)
+        return evaluate_cached(masks, self.space.n_channels, self._cache, self.stats, self._run,
+                               getattr(self.local, "n_images", 0))
 
     def score(self, masks: np.ndarray) -> EvalResult:
         """Accuracy and loss of each row, computed now on the cluster (no cache)."""

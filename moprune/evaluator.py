@@ -20,6 +20,7 @@ at its end, never per candidate or per batch.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -106,6 +107,24 @@ def uncached(masks: np.ndarray, n_channels: int, cache: MaskCache, stats: EvalSt
         else:
             todo[k] = i
     return masks, keys, todo
+
+
+def evaluate_cached(masks: np.ndarray, n_channels: int, cache: MaskCache, stats: EvalStats,
+                    run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                    images: int) -> EvalResult:
+    """Results of every row of ``masks``; ``run`` computes the distinct uncached ones at once.
+
+    New results go into ``cache``; ``stats`` counts them (``images`` per candidate).
+    """
+    masks, keys, todo = uncached(masks, n_channels, cache, stats)
+    if todo:
+        rows = list(todo.values())
+        acc, loss = run(masks[rows])
+        for j, k in enumerate(todo):
+            cache[k] = (float(acc[j]), float(loss[j]))
+        stats.evaluations += len(rows)
+        stats.images += len(rows) * images
+    return cached_result(cache, keys)
 
 
 def cached_result(cache: MaskCache, keys: list[bytes]) -> EvalResult:
@@ -207,15 +226,8 @@ class Evaluator:
 
     def evaluate_masks(self, masks: np.ndarray) -> EvalResult:
         """Accuracy and loss of each row of a ``(n, n_channels)`` keep-mask matrix."""
-        masks, keys, todo = uncached(masks, self.space.n_channels, self._cache, self.stats)
-        if todo:
-            rows = list(todo.values())
-            acc, loss = self._run(masks[rows])
-            for j, k in enumerate(todo):
-                self._cache[k] = (float(acc[j]), float(loss[j]))
-            self.stats.evaluations += len(rows)
-            self.stats.images += len(rows) * self.n_images
-        return cached_result(self._cache, keys)
+        return evaluate_cached(masks, self.space.n_channels, self._cache, self.stats, self._run,
+                               self.n_images)
 
     @property
     def network(self) -> nn.Module:
