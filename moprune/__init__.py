@@ -4,8 +4,8 @@ from moprune.algorithms import ALGORITHMS, MaskNSGA2Config, mask_nsga2, ratio_ns
 from moprune.cost import Cost, CostModel
 from moprune.criteria import CRITERIA
 from moprune.evaluator import Evaluator
-from moprune.execution import Execution
 from moprune.evofc import CriterionRatioProblem, EvoFCConfig, evofc_nsga2
+from moprune.execution import Execution
 from moprune.inheritance import InheritanceEvaluator
 from moprune.plan import PruningPlan
 from moprune.problems import FilterMaskProblem, LayerRatioProblem
