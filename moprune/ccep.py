@@ -438,7 +438,7 @@ def _one_round(setup: SearchSetup, run: RunDir, config: CCEPConfig, recipe: Fine
                           generator=torch.Generator().manual_seed(_seed(config.seed, r + 1, 1)),
                           device=device, val=setup.data.val, progress=progress,
                           checkpoint_path=ckpt, keep_best=config.keep_best_epoch,
-                          execution=getattr(setup.evaluator, "execution", None))
+                          execution=_uncompiled(setup.evaluator))
         history, best_epoch = result.history, result.best_epoch
     child.cpu()
     save_network(run, r + 1, net)
@@ -460,6 +460,11 @@ def _one_round(setup: SearchSetup, run: RunDir, config: CCEPConfig, recipe: Fine
     if on_step is not None:
         on_step(r + 1, -1)
     return state
+
+
+def _uncompiled(evaluator: object) -> Execution:
+    """The search's execution without compilation: every round trains new shapes."""
+    return dataclasses.replace(getattr(evaluator, "execution", Execution()), compile=False)
 
 
 def finalize_ccep(setup: SearchSetup, run: RunDir, config: CCEPConfig) -> list[dict]:

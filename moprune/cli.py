@@ -62,13 +62,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
 
 
-def _add_execution_args(p: argparse.ArgumentParser, what: str, compile_note: str = "") -> None:
+def _add_execution_args(p: argparse.ArgumentParser, what: str,
+                        compiled: str | None = None) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help=f"autocast precision of {what}: auto (bf16 on CUDA, fp16 on GPUs "
                         "without bf16, fp32 on the CPU), fp32, bf16 or fp16 (default: auto; "
                         "bf16 is about 3x faster on CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--compile", action="store_true",
-                   help=f"torch.compile {what}{compile_note} (the first call compiles for tens "
+                   help=f"torch.compile {compiled or what} (the first call compiles for tens "
                         "of seconds; worth it for long runs)")
 
 
@@ -240,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run in --out (same options required)")
     p.add_argument("--force", action="store_true",
                    help="overwrite a different run already in --out")
-    _add_execution_args(p, "the evaluation", ", gate mode only (--mode auto then picks gate)")
+    _add_execution_args(p, "the evaluation (and of any training during the search)",
+                        "the evaluation's population pass, gate mode only (--mode auto then "
+                        "picks gate)")
     cluster = p.add_mutually_exclusive_group()
     cluster.add_argument("--workers", type=_positive, default=None,
                          help="evaluate each population on a local Dask cluster of N worker "

@@ -209,7 +209,8 @@ def run_config(args: argparse.Namespace, task_objectives: tuple[str, ...],
         "criterion": args.criterion, "criterion_sha256": _criterion_sha(args.criterion),
         "partial": ({"epochs": args.partial_epochs, "lr": args.partial_lr}
                     if args.partial_epochs > 0 else None),
-        "precision": args.precision,  # bf16 and fp32 scores must not mix in one run
+        # resolved on the device: bf16 and fp32 scores must not mix in one run
+        "precision": Execution(precision=args.precision).resolve(args.device).precision,
     }
     if ccep:
         identity["ccep"] = ccep_config(args).to_dict()
@@ -230,8 +231,10 @@ def execution_of(args: argparse.Namespace) -> Execution:
 
 
 def _stored_execution(cfg: dict) -> Execution:
-    """A run's execution settings (runs made before they were recorded: the defaults)."""
-    return Execution(**cfg.get("execution", {}))
+    """A run's execution settings (runs made before they were recorded ran fp32, NCHW)."""
+    if "execution" not in cfg:
+        return Execution("fp32", channels_last=False)
+    return Execution(**cfg["execution"])
 
 
 def _criterion_sha(name: str | None) -> str | None:
@@ -423,6 +426,11 @@ def _distribute(args: argparse.Namespace, setup: SearchSetup, config_dict: dict,
               f"{', '.join(record['workers_left']) or 'none'}); their tasks ran elsewhere, "
               f"see {run.path / EVENTS}")
 
+    try:
+        client.wait_for_workers(1, timeout=60)
+    except TimeoutError as exc:
+        raise ValueError(f"{where} has no workers (none connected within 60 s); start some "
+                         "with `dask worker ADDRESS`") from exc
     factory = functools.partial(worker_scorer, config_dict, args.device)
     scorer = DaskEvaluator(client, setup.evaluator, factory, torch_threads=threads,
                            on_event=on_event)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -94,9 +95,13 @@ class EvaluatorPlugin(WorkerPlugin):
         self.factory = factory
         self.torch_threads = torch_threads
         self.scorer: MaskScorer | None = None
+        self.lock: threading.Lock | None = None
 
     def setup(self, worker: Any) -> None:
         relax_malloc()
+        # a worker with several threads runs tasks at once; a scorer is not thread-safe
+        # (gates, sliced weights and seeds are per-model state): one evaluation at a time
+        self.lock = threading.Lock()
         self.scorer = self.factory()
 
     def teardown(self, worker: Any) -> None:
@@ -113,10 +118,12 @@ def relax_malloc() -> bool:
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 64 * 2**20)
-                    and libc.mallopt(M_TRIM_THRESHOLD, 256 * 2**20))
-    except (OSError, AttributeError):
+    except OSError:
         return False
+    # 32 MiB: the largest mmap threshold every glibc accepts on 64-bit; both calls are made
+    mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+    trim_ok = libc.mallopt(M_TRIM_THRESHOLD, 256 * 2**20)
+    return bool(mmap_ok and trim_ok)
 
 
 def evaluate_on_worker(plugin_name: str, packed: np.ndarray, n_channels: int
@@ -138,7 +145,8 @@ def evaluate_on_worker(plugin_name: str, packed: np.ndarray, n_channels: int
         # does not reach the executor threads that run the tasks
         torch.set_num_threads(plugin.torch_threads)
     masks = np.unpackbits(packed, axis=1, count=n_channels).astype(bool)
-    result = scorer.evaluate_masks(masks)
+    with plugin.lock:
+        result = scorer.evaluate_masks(masks)
     return result.accuracy, result.loss, worker.address, os.getpid()
 
 
@@ -271,8 +279,7 @@ class DaskEvaluator:
         if type(exc).__name__ == "KilledWorker":
             raise RuntimeError(f"a task killed every worker that ran it ({exc}); the "
                                "evaluation itself crashes the workers (out of memory?)") from exc
-        if getattr(self.client, "status", "running") != "running" or isinstance(
-                exc, (OSError, TimeoutError)) or type(exc).__name__ in (
+        if getattr(self.client, "status", "running") != "running" or type(exc).__name__ in (
                 "CommClosedError", "CancelledError", "FutureCancelledError"):
             address = getattr(self.client, "scheduler", None)
             address = getattr(address, "address", address)

@@ -59,7 +59,9 @@ class Execution:
         precision = self.precision
         if precision == "auto":
             if device.type == "cuda":
-                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+                with torch.cuda.device(device):  # emulated bf16 (pre-Ampere) is slow
+                    native = torch.cuda.is_bf16_supported(including_emulation=False)
+                precision = "bf16" if native else "fp16"
             else:
                 precision = "fp32"
         channels_last = True if self.channels_last is None else self.channels_last

@@ -43,6 +43,8 @@ CHECKPOINT = "checkpoint.pkl"
 FRONT = "front.json"
 BASELINE = "baseline.json"
 PROGRESS = "progress.json"
+# identity keys added later, with the value that runs made before them implicitly had
+LEGACY_IDENTITY = {"precision": "fp32"}
 EVENTS = "events.jsonl"  # what happened to a run besides its results (e.g. Dask workers lost)
 MAGIC = "moprune-checkpoint-v1"
 ROUNDS = "rounds"  # per-round networks of round-based searches (CCEP)
@@ -149,7 +151,11 @@ class RunDir:
             if force and not resume:
                 return False
             if resume:
-                stored = _flat(self.config()["identity"])
+                identity = dict(self.config()["identity"])
+                for key, value in LEGACY_IDENTITY.items():  # runs made before the key existed
+                    if key in config["identity"] and key not in identity:
+                        identity[key] = value
+                stored = _flat(identity)
                 wanted = _flat(config["identity"])
                 diff = {k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k)}
                 if diff:

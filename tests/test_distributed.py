@@ -306,3 +306,20 @@ def test_tasks_run_with_the_workers_torch_threads_and_fast_malloc(client) -> Non
     from moprune.distributed import relax_malloc
 
     assert all(client.run(relax_malloc).values())
+
+
+def test_a_worker_with_several_threads_evaluates_one_candidate_at_a_time(tmp_path) -> None:
+    """Tasks run concurrently on a 4-thread worker; the shared scorer is used in turn."""
+    model, space, val, norm = digits_eval_setup(n_images=32)
+    masks = masks_of(space, 16, seed=5)
+    for mode in ("gate", "slice"):
+        local = Evaluator(model, space, val, norm, mode=mode, execution=Execution("fp32"))
+        ref = Evaluator(model, space, val, norm, mode=mode,
+                        execution=Execution("fp32")).evaluate_masks(masks)
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=4, processes=True,
+                                      dashboard_address=":0", host="127.0.0.1") as cluster, \
+                distributed.Client(cluster) as c:
+            dask_ev = DaskEvaluator.from_evaluator(c, local, chunk_size=1)
+            res = dask_ev.evaluate_masks(masks)
+        np.testing.assert_array_equal(res.accuracy, ref.accuracy, err_msg=mode)
+        np.testing.assert_array_equal(res.loss, ref.loss, err_msg=mode)

@@ -22,6 +22,7 @@ import torch
 from helpers import model_and_space, one_torch_thread, random_plan, tiny_model_ids
 
 from moprune.cli import main
+from moprune.commands import _stored_execution
 from moprune.evaluator import Evaluator, NonFiniteOutputError
 from moprune.execution import Execution, normalize
 from moprune.gated import GatedModel, tile
@@ -400,6 +401,7 @@ def test_search_and_export_in_bf16_record_their_settings(tmp_path, digits_weight
     assert main(digits_search(run, digits_weights, "--precision", "bf16")) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["execution"] == {"precision": "bf16", "channels_last": None, "compile": False}
+    assert config["identity"]["precision"] == "bf16"
     records = RunDir(run).candidates()
     assert records and all(0 <= r["val_accuracy"] <= 1 for r in records)
     out = tmp_path / "knee.pt"
@@ -446,3 +448,18 @@ def test_export_with_the_fast_recipe_needs_epochs(tmp_path, digits_weights, caps
     metrics = torch.load(out, weights_only=False)["metrics"]
     assert metrics["finetune_config"]["schedule"] == "triangle"
     assert metrics["finetune_config"]["batch_size"] == 1024
+
+
+def test_runs_made_before_precision_was_recorded_resume_as_fp32(tmp_path, digits_weights,
+                                                                capsys) -> None:
+    run = tmp_path / "run"
+    assert main(digits_search(run, digits_weights)) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["identity"]["precision"] == "fp32"  # auto, resolved on the CPU
+    del config["identity"]["precision"]
+    del config["execution"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert _stored_execution(config) == Execution("fp32", channels_last=False)
+    assert main(digits_search(run, digits_weights, "--precision", "bf16", "--resume")) != 0
+    assert "different settings (precision)" in capsys.readouterr().err
+    assert main(digits_search(run, digits_weights, "--resume")) == 0
