@@ -180,7 +180,7 @@ class DaskEvaluator:
         if chunk_size is None:
             chunk_size = 1
             if isinstance(local, Evaluator) and local.mode == "gate":
-                chunk_size = max(1, local.batch_size // min(local.batch_size, local.n_images))
+                chunk_size = local.candidates_per_pass
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
         self.chunk_size = chunk_size

@@ -216,6 +216,11 @@ class Evaluator:
     def n_images(self) -> int:
         return len(self.data)
 
+    @property
+    def candidates_per_pass(self) -> int:
+        """Gate mode: candidates sharing one forward pass (``batch_size // images``, >= 1)."""
+        return max(1, self.batch_size // min(self.batch_size, self.n_images))
+
     def evaluate(self, plans: list[PruningPlan]) -> EvalResult:
         """Accuracy and loss of each plan."""
         return self.evaluate_masks(masks_matrix(self.space, plans))
@@ -300,7 +305,7 @@ class Evaluator:
         """
         n = masks.shape[0]
         step = min(self.batch_size, self.n_images)
-        per = max(1, self.batch_size // step)
+        per = self.candidates_per_pass
         m = torch.as_tensor(masks, dtype=torch.float32).to(self.device)
         for c0 in range(0, n, per):
             c1 = min(n, c0 + per)

@@ -16,8 +16,7 @@ caller's model as it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -70,17 +69,6 @@ class GatedModel:
     def _register(self, name: str) -> torch.utils.hooks.RemovableHandle:
         return self.model.get_submodule(name).register_forward_pre_hook(self._hook(name))
 
-    @contextmanager
-    def _gates(self, masks: torch.Tensor) -> Iterator[None]:
-        handles = [] if self.persistent else [self._register(name) for name in self._index]
-        self._ext = torch.cat([masks, masks.new_ones((masks.shape[0], 1))], dim=1)
-        try:
-            yield
-        finally:
-            self._ext = None
-            for h in handles:
-                h.remove()
-
     def forward(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Logits of every plan on every image.
 
@@ -92,11 +80,13 @@ class GatedModel:
             Logits, (P, B, n_classes).
 
         """
-        n_pop, b = masks.shape[0], x.shape[0]
-        masks = masks.to(device=x.device, dtype=x.dtype)
-        with self._gates(masks):
-            out = self.model(tile(x, n_pop))
-        return out.view(n_pop, b, -1)
+        handles = [] if self.persistent else [self._register(name) for name in self._index]
+        try:
+            return self.run(x, masks.to(device=x.device, dtype=x.dtype))
+        finally:
+            self.reset()
+            for h in handles:
+                h.remove()
 
     def run(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` for persistent hooks, without a context manager (traceable).

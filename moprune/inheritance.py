@@ -35,7 +35,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from moprune.evaluator import EvalResult, EvalStats, Evaluator, resolve_device
-from moprune.execution import Execution
+from moprune.execution import Execution, normalize
 from moprune.plan import PruningPlan, masks_matrix
 from moprune.sliced import SlicedModel
 from moprune.space import BATCHNORM, CONV, DEPTHWISE, LINEAR, PruningSpace
@@ -198,7 +198,7 @@ class BatchStream:
         x = _augment(self.images[index],
                      None if self._offsets is None else self._offsets[start:end],
                      None if self._flips is None else self._flips[start:end])
-        return (x.to(torch.float32) / 255.0 - self.mean) / self.std, self.labels[index]
+        return normalize(x, self.mean, self.std), self.labels[index]
 
 
 class InheritanceEvaluator:

@@ -13,6 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from moprune.execution import normalize
 from moprune.registry import Registry
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -76,7 +77,7 @@ class Normalization:
         device = images_uint8.device
         mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        return (images_uint8.to(torch.float32) / 255.0 - mean) / std
+        return normalize(images_uint8, mean, std)
 
 
 @dataclass
