@@ -1,7 +1,7 @@
 """What batching the groups buys in a CCEP round: all groups' candidates per call vs group by group.
 
-One coevolution round (:class:`moprune.coevolution.CoevolutionRound`) on ResNet-56 with the
-published weights, run twice per evaluation mode with the same seed: ``batch_groups=True``
+One coevolution round (:class:`moprune.algorithms.coevolution.CoevolutionRound`) on ResNet-56
+with the published weights, run twice per evaluation mode with the same seed: ``batch_groups=True``
 (each step evaluates every group's offspring in one problem call) and ``batch_groups=False``
 (one call per group, as a per-layer EA would). Both see exactly the same candidates (checked),
 each on a fresh evaluator (no shared cache). The order of the two alternates per repeat.
@@ -27,12 +27,12 @@ import torch
 from benchmark_evaluator import ensure_weights, git_commit, machine_info, prepare_data, sync
 from pymoo.optimize import minimize
 
-from moprune.coevolution import CoevolutionConfig, CoevolutionRound
-from moprune.evaluator import Evaluator
-from moprune.problems import FilterMaskProblem
-from moprune.space import PruningSpace, SpacePolicy
+from moprune.algorithms.coevolution import CoevolutionConfig, CoevolutionRound
+from moprune.core.space import PruningSpace, SpacePolicy
+from moprune.data.datasets import load_dataset
+from moprune.evaluation.evaluator import Evaluator
+from moprune.problems.mask import FilterMaskProblem
 from moprune.zoo.cifar_resnet import cifar_resnet
-from moprune.zoo.data import load_dataset
 
 
 def one_round(model, space, data, args, mode: str, batched: bool) -> tuple[float, dict]:

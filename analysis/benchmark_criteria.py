@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from benchmark_evaluator import ensure_weights, git_commit, machine_info, prepare_data
 
-from moprune.analysis import format_table
-from moprune.cost import CostModel
+from moprune.core.cost import CostModel
+from moprune.core.encoding import RatioEncoding
+from moprune.core.space import PruningSpace
 from moprune.criteria import CRITERIA, ScoreContext, rank_channels
-from moprune.encoding import RatioEncoding
-from moprune.evaluator import Evaluator
-from moprune.space import PruningSpace
-from moprune.task import DataRequest, TaskOptions, load_problem_file
+from moprune.evaluation.evaluator import Evaluator
+from moprune.fronts import format_table
+from moprune.tasks.task import DataRequest, TaskOptions, load_problem_file
 
 REPO = Path(__file__).resolve().parents[1]
 RATIOS = (0.3, 0.5, 0.7)

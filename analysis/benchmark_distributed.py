@@ -36,15 +36,20 @@ from benchmark_evaluator import (
     pkg_version,
 )
 from benchmark_speed import cifar_root, seeded_resnet, synthetic_split, write_section
+from common import seed_hub_cache
 
-from moprune.cost import CostModel
-from moprune.distributed import DaskEvaluator, require_distributed, torch_threads_per_worker
-from moprune.evaluator import EvalResult, EvalStats, Evaluator
-from moprune.execution import Execution
-from moprune.space import PruningSpace, SpacePolicy
+from moprune.core.cost import CostModel
+from moprune.core.execution import Execution
+from moprune.core.space import PruningSpace, SpacePolicy
+from moprune.data.datasets import IMAGENET_NORMALIZATION_VALUES, Normalization, load_dataset
+from moprune.evaluation.distributed import (
+    DaskEvaluator,
+    require_distributed,
+    torch_threads_per_worker,
+)
+from moprune.evaluation.evaluator import Evaluator
+from moprune.evaluation.scorer import EvalResult, EvalStats
 from moprune.zoo.cifar_resnet import PUBLISHED_WEIGHTS, cifar_resnet
-from moprune.zoo.data import IMAGENET_NORMALIZATION_VALUES, Normalization, load_dataset
-from moprune.zoo.local_copies import seed_hub_cache
 
 KEY = "dask-cpu"
 

@@ -2,7 +2,7 @@
 
 Measures, side by side in one run, the seconds per candidate of:
 
-1. naive: ``copy.deepcopy`` + Torch-Pruning surgery (``moprune.surgery.prune_model``) +
+1. naive: ``copy.deepcopy`` + Torch-Pruning surgery (``moprune.core.surgery.prune_model``) +
    evaluation of the pruned copy;
 2. surgery only (the overhead the masked evaluators avoid);
 3. floor: a bare forward pass of the already-pruned network over the same images;
@@ -39,18 +39,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import seed_hub_cache, unpack_zips
 
-from moprune.cost import CostModel
-from moprune.encoding import MaskEncoding
-from moprune.evaluator import Evaluator
-from moprune.gated import GatedModel
-from moprune.plan import PruningPlan
-from moprune.sliced import SlicedModel
-from moprune.space import PruningSpace, SpacePolicy
-from moprune.surgery import prune_model
+from moprune.core.cost import CostModel
+from moprune.core.encoding import MaskEncoding
+from moprune.core.gated import GatedModel
+from moprune.core.plan import PruningPlan
+from moprune.core.sliced import SlicedModel
+from moprune.core.space import PruningSpace, SpacePolicy
+from moprune.core.surgery import prune_model
+from moprune.data.datasets import load_dataset
+from moprune.evaluation.evaluator import Evaluator
 from moprune.zoo.cifar_resnet import PUBLISHED_WEIGHTS, cifar_resnet
-from moprune.zoo.data import load_dataset
-from moprune.zoo.local_copies import seed_hub_cache, unpack_zips
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CACHE_DATA = Path("~/.cache/moprune/cifar10-jpeg").expanduser()

@@ -46,14 +46,15 @@ from benchmark_evaluator import (
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
-from moprune.analysis import select_elites
-from moprune.cost import CostModel
-from moprune.deeppruninges import DeepPruningESConfig
-from moprune.plan import PruningPlan
-from moprune.problems import FilterMaskProblem
-from moprune.retraining import RetrainingEvaluator, partial_recipe
-from moprune.surgery import prune_model
-from moprune.task import DataRequest, TaskOptions, load_problem_file, make_problem
+from moprune.algorithms.deeppruninges import DeepPruningESConfig
+from moprune.core.cost import CostModel
+from moprune.core.plan import PruningPlan
+from moprune.core.surgery import prune_model
+from moprune.evaluation.retraining import RetrainingEvaluator, partial_recipe
+from moprune.fronts import select_elites
+from moprune.problems.mask import FilterMaskProblem
+from moprune.tasks.setup import make_problem
+from moprune.tasks.task import DataRequest, TaskOptions, load_problem_file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -62,17 +62,19 @@ from benchmark_evaluator import (
     sync,
     timed,
 )
+from common import seed_hub_cache, unpack_zips
 from torch import nn
 
-from moprune.cost import CostModel
+from moprune.core.cost import CostModel
+from moprune.core.encoding import RatioEncoding
+from moprune.core.execution import Execution, normalize
+from moprune.core.plan import PruningPlan
+from moprune.core.space import PruningSpace, SpacePolicy
+from moprune.core.surgery import prune_model
 from moprune.criteria import CRITERIA, rank_channels
-from moprune.encoding import RatioEncoding
-from moprune.evaluator import Evaluator
-from moprune.execution import Execution, normalize
-from moprune.plan import PruningPlan
-from moprune.space import PruningSpace, SpacePolicy
-from moprune.surgery import prune_model
-from moprune.training import (
+from moprune.data.datasets import IMAGENET_NORMALIZATION_VALUES, Normalization, Split, load_dataset
+from moprune.evaluation.evaluator import Evaluator
+from moprune.training.finetune import (
     FinetuneConfig,
     evaluate_accuracy,
     fast_recipe,
@@ -80,8 +82,6 @@ from moprune.training import (
     norm_tensors,
 )
 from moprune.zoo.cifar_resnet import PUBLISHED_WEIGHTS, cifar_resnet
-from moprune.zoo.data import IMAGENET_NORMALIZATION_VALUES, Normalization, Split, load_dataset
-from moprune.zoo.local_copies import seed_hub_cache, unpack_zips
 
 PARTS = (1, 2, 3, 4, 5)
 PART_TITLES = {

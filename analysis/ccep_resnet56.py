@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 from benchmark_evaluator import ensure_weights, git_commit, machine_info, prepare_data
 
-from moprune.analysis import format_table, plot_rounds
-from moprune.cli import main as moprune
-from moprune.runs import RunDir
+from moprune.cli.main import main as moprune
+from moprune.fronts import format_table, plot_rounds
+from moprune.runs.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = (63.42, 0.24)  # ResNet-56 / CIFAR-10: FLOPs reduction %, accuracy change (points)

@@ -41,8 +41,8 @@ import torch
 from benchmark_evaluator import ensure_weights, git_commit, machine_info, prepare_data
 from study import ROLES, search_export_report
 
-from moprune.analysis import format_table
-from moprune.runs import RunDir
+from moprune.fronts import format_table
+from moprune.runs.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 # ResNet-56 / CIFAR-10 anchors (project METHODS.md): (method, accuracy change, FLOPs removed %)

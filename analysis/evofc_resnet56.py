@@ -38,11 +38,11 @@ from pathlib import Path
 
 import torch
 from benchmark_evaluator import ensure_weights, git_commit, machine_info, prepare_data
+from moprune.cli.commands import setup_from_run
 from study import ROLES, search_export_report
 
-from moprune.analysis import format_table
-from moprune.commands import setup_from_run
-from moprune.runs import RunDir
+from moprune.fronts import format_table
+from moprune.runs.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 

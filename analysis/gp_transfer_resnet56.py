@@ -31,23 +31,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from benchmark_evaluator import SHARED, git_commit, machine_info, prepare_data
+from common import seed_hub_cache
 
-from moprune.analysis import format_table
-from moprune.cli import main as moprune
-from moprune.cost import CostModel
+from moprune.cli.main import main as moprune
+from moprune.core.cost import CostModel
+from moprune.core.encoding import RatioEncoding
+from moprune.core.plan import PruningPlan
+from moprune.core.space import PruningSpace
+from moprune.core.surgery import prune_model
 from moprune.criteria import CRITERIA, ScoreContext, rank_channels
-from moprune.encoding import RatioEncoding
-from moprune.evaluator import Evaluator
-from moprune.gp.evolve import BEST, GENERATIONS
-from moprune.gp.function import load_function
-from moprune.plan import PruningPlan
-from moprune.runs import RunDir
-from moprune.space import PruningSpace
-from moprune.surgery import prune_model
-from moprune.task import DataRequest, TaskOptions, load_problem_file
-from moprune.training import FinetuneConfig, evaluate_accuracy, finetune
+from moprune.criteria.gp.function import load_function
+from moprune.evaluation.evaluator import Evaluator
+from moprune.fronts import format_table
+from moprune.methods.gp_evolve.evolve import BEST, GENERATIONS
+from moprune.runs.rundir import RunDir
+from moprune.tasks.task import DataRequest, TaskOptions, load_problem_file
+from moprune.training.finetune import FinetuneConfig, evaluate_accuracy, finetune
 from moprune.zoo.cifar_resnet import PUBLISHED_WEIGHTS
-from moprune.zoo.local_copies import seed_hub_cache
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from moprune.cli import main as moprune
-from moprune.runs import RunDir
-from moprune.tradeoffs import resolve_role
+from moprune.cli.main import main as moprune
+from moprune.methods.rebuild import method_of
+from moprune.methods.tradeoffs import resolve_role
+from moprune.runs.rundir import RunDir
 
 ROLES = ("heavy", "knee", "light")
 
@@ -20,7 +21,8 @@ def exported_summary(out: Path, final_epochs: int) -> dict | None:
     if not path.exists():
         return None
     summary = json.loads(path.read_text())
-    current = {role: resolve_role(RunDir(out), role)["id"] for role in ROLES}
+    run = RunDir(out)
+    current = {role: resolve_role(run, method_of(run.config()), role)["id"] for role in ROLES}
     exported = {role: summary["models"][role]["record"]["id"] for role in ROLES}
     return summary if (summary["finetune_epochs"] == final_epochs
                        and exported == current) else None

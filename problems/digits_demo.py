@@ -5,6 +5,6 @@ Train a baseline first (the demo does): `moprune finetune problems/digits_demo.p
 --out RUN`.
 """
 
-from moprune.demo import build_task
+from moprune.tasks.digits import build_task
 
 __all__ = ["build_task"]

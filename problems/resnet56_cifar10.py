@@ -6,9 +6,9 @@ Weights: the published ones (torch.hub, hash-checked) unless --weights gives a c
 e.g. one adapted to the JPEG copy with `moprune finetune`.
 """
 
-from moprune.catalog import cifar_resnet_task
-from moprune.space import SpacePolicy
-from moprune.task import PruningTask, TaskOptions
+from moprune.core.space import SpacePolicy
+from moprune.tasks.catalog import cifar_resnet_task
+from moprune.tasks.task import PruningTask, TaskOptions
 
 
 def build_task(options: TaskOptions) -> PruningTask:

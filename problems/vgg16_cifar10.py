@@ -5,9 +5,9 @@ Needs a trained checkpoint: `moprune finetune problems/vgg16_cifar10.py --data-r
 --data-root DIR --out RUN`.
 """
 
-from moprune.catalog import vgg16_task
-from moprune.space import SpacePolicy
-from moprune.task import PruningTask, TaskOptions
+from moprune.core.space import SpacePolicy
+from moprune.tasks.catalog import vgg16_task
+from moprune.tasks.task import PruningTask, TaskOptions
 
 
 def build_task(options: TaskOptions) -> PruningTask:

@@ -11,13 +11,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from moprune.zoo.local_copies import seed_hub_cache, unpack_zips
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "analysis"))  # analysis/common.py: the local-copy helpers
+sys.path.insert(0, str(REPO / "tests"))  # tests/helpers.py: tiny models and made-up data
+
+from common import seed_hub_cache, unpack_zips  # noqa: E402
+
 CIFAR_CLASSES = 10
 CIFAR_SPLITS = ("train", "test")
 
@@ -25,7 +29,7 @@ CIFAR_SPLITS = ("train", "test")
 @pytest.fixture(scope="session")
 def digits_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """State_dict file of the digits CNN, trained once per session with the demo's recipe."""
-    from moprune.demo import train_baseline
+    from moprune.tasks.digits import train_baseline
 
     path = tmp_path_factory.mktemp("digits_weights") / "digits_baseline.pt"
     train_baseline(path, seed=0, progress=False)
@@ -71,3 +75,4 @@ def torch_home(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     seed_hub_cache(weights, home / "hub")
     monkeypatch.setenv("TORCH_HOME", str(home))
     return home
+

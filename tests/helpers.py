@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from moprune.plan import PruningPlan
-from moprune.space import PruningSpace, SpacePolicy
+from moprune.core.plan import PruningPlan
+from moprune.core.space import PruningSpace, SpacePolicy
 from moprune.zoo.cifar_resnet import cifar_resnet
 from moprune.zoo.models import MODELS, build_model
 
@@ -232,7 +232,7 @@ def tiny_sequential(*layers: nn.Module) -> nn.Module:
 @functools.cache
 def digits_eval_setup(min_channels: int = 2, n_images: int = 64):
     """The seeded digits CNN, its space, a small hold-out split and the normalisation."""
-    from moprune.zoo.data import load_dataset
+    from moprune.data.datasets import load_dataset
 
     bundle = load_dataset("digits", root=None, seed=0, load_train=False)
     model = make_digits_cnn_model(0)
@@ -244,6 +244,6 @@ def digits_eval_setup(min_channels: int = 2, n_images: int = 64):
 @functools.cache
 def digits_bundle():
     """The embedded digits data with its training part (loaded once per session)."""
-    from moprune.zoo.data import load_dataset
+    from moprune.data.datasets import load_dataset
 
     return load_dataset("digits", root=None, seed=0, load_train=True)

@@ -3,7 +3,7 @@
 This example shows the API only. The network has random weights and the images and labels
 are random, so every accuracy it prints is chance level (about 0.1) and the front says
 nothing about real pruning quality. Swap in a trained model and real data (for example
-``moprune.zoo.data.load_dataset("imagefolder", root=..., seed=0)``) for meaningful numbers.
+``moprune.data.datasets.load_dataset("imagefolder", root=..., seed=0)``) for meaningful numbers.
 
 Run it with ``python docs/examples/torchvision_problem.py`` (CPU, a few seconds).
 tests/test_docs_examples.py runs it, so it stays in step with the library.
@@ -30,10 +30,10 @@ from moprune import (
     SpacePolicy,
     mask_nsga2,
 )
-from moprune.analysis import knee_index
-from moprune.export import thop_cost
-from moprune.training import evaluate_accuracy
-from moprune.zoo.data import Normalization, Split
+from moprune.data.datasets import Normalization, Split
+from moprune.fronts import knee_index
+from moprune.runs.export import thop_cost
+from moprune.training.finetune import evaluate_accuracy
 
 torch.manual_seed(0)
 INPUT_SHAPE = (3, 32, 32)  # (C, H, W) of one image

@@ -9,9 +9,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from moprune.criteria import CRITERIA, GP_PREFIX, Criterion
-from moprune.gp.function import PruningFunction, load_function
-from moprune.gp.library import PUBLISHED, SEEDS
+from moprune.criteria.base import CRITERIA, GP_PREFIX, Criterion
+from moprune.criteria.gp.function import PruningFunction, load_function
+from moprune.criteria.gp.library import PUBLISHED, SEEDS
 
 DESCRIPTIONS = {
     "snr": "|mu_P - mu_Q| / (std_P + std_Q) of the channel's feature maps, class P against "
@@ -45,6 +45,7 @@ def file_criterion(name: str) -> Criterion:
     return function_criterion(fn, name, f"evolved: {fn.formula}")
 
 
+CRITERIA.add_prefix(GP_PREFIX, file_criterion)
 for _name, _expr in SEEDS.items():
     if _name in DESCRIPTIONS:
         CRITERIA.register(_name, function_criterion(PruningFunction(_expr, name=_name), _name,

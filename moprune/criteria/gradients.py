@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moprune.criteria import (
+from moprune.core.space import PruningSpace
+from moprune.criteria.base import (
     CRITERIA,
     Criterion,
     ScoreContext,
@@ -23,7 +24,7 @@ from moprune.criteria import (
     _weights,
     writer_rows,
 )
-from moprune.space import PruningSpace
+from moprune.errors import ConfigError
 
 
 def _copy_for(model: nn.Module, context: ScoreContext) -> nn.Module:
@@ -36,7 +37,8 @@ def _copy_for(model: nn.Module, context: ScoreContext) -> nn.Module:
 
 
 def _loss(net: nn.Module, context: ScoreContext) -> torch.Tensor:
-    return F.cross_entropy(net(context.images), context.labels)
+    images, labels = context.batch()
+    return F.cross_entropy(net(images), labels)
 
 
 def taylor(model: nn.Module, space: PruningSpace, context: ScoreContext) -> np.ndarray:
@@ -61,9 +63,10 @@ def taylor(model: nn.Module, space: PruningSpace, context: ScoreContext) -> np.n
     finally:
         for h in handles:
             h.remove()
-    n = context.images.shape[0]
+    n = context.batch()[0].shape[0]
     per_channel = {}
     for name, a in outputs.items():
+        assert a.grad is not None
         prod = (a * a.grad).detach()
         summed = prod.sum(dim=tuple(range(2, prod.dim()))) if prod.dim() > 2 else prod
         per_channel[name] = (summed.sum(0) / n).abs().unsqueeze(1)
@@ -91,7 +94,7 @@ def mask_gradients(model: nn.Module, space: PruningSpace, context: ScoreContext
     out = {}
     for name, w in _weights(net, space).items():
         if w.grad is None:
-            raise ValueError(f"layer {name!r} got no gradient; is it used in the forward pass?")
+            raise ConfigError(f"layer {name!r} got no gradient; is it used in the forward pass?")
         out[name] = (w * w.grad).detach()
     return out
 

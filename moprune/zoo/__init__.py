@@ -1,0 +1,1 @@
+"""Models: the CIFAR ResNets (published weights), VGG, the digits CNN, torchvision by name."""

@@ -11,7 +11,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
+
+from moprune.core.layers import LAYER_RULES, LayerRule
+from moprune.core.space import LayerInfo
+from moprune.errors import ConfigError
 
 WEIGHTS_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
 # File names carry the first 8 hex digits of their sha256 (torch.hub's check_hash convention).
@@ -29,7 +34,8 @@ class OptionAShortcut(nn.Module):
 
     Input channel ``in_sel[k]`` is written to output channel ``out_pos[k]``; the other output
     channels are zero. Pruning either side only edits these index buffers, so the input and
-    output channel dimensions can be pruned independently (see ``OptionAShortcutPruner``).
+    output channel dimensions can be pruned independently (see ``OptionAShortcutPruner``, and
+    ``OptionARule``, which registers the shortcut as a layer kind of the pruning engine).
 
     Args:
         in_channels: Channels of the block input.
@@ -37,6 +43,10 @@ class OptionAShortcut(nn.Module):
         stride: Spatial subsampling step.
 
     """
+
+    in_sel: torch.Tensor
+    out_pos: torch.Tensor
+    out_slots: torch.Tensor
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -167,17 +177,17 @@ def cifar_resnet(depth: int, num_classes: int = 10, pretrained: bool = False) ->
 
     """
     if (depth - 2) % 6 != 0 or depth < 8:
-        raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110); got {depth}")
+        raise ConfigError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110); got {depth}")
     n = (depth - 2) // 6
     model = CifarResNet([n, n, n], num_classes=num_classes)
     if pretrained:
         if depth not in PUBLISHED_WEIGHTS:
-            raise ValueError(
+            raise ConfigError(
                 f"no published weights for ResNet-{depth}; available: "
                 f"{sorted(PUBLISHED_WEIGHTS)}. Pass pretrained=False and load a checkpoint."
             )
         if num_classes != 10:
-            raise ValueError(
+            raise ConfigError(
                 f"the published weights are for CIFAR-10 (10 classes), not {num_classes}; "
                 "use pretrained=False for other datasets."
             )
@@ -189,3 +199,70 @@ def cifar_resnet(depth: int, num_classes: int = 10, pretrained: bool = False) ->
         state = {k.removeprefix("module."): v for k, v in state.items()}
         model.load_state_dict(state)
     return model.eval()
+
+
+# ---- the option-A shortcut as a prunable layer kind ------------------------------------
+
+
+class OptionAShortcutPruner(tp.pruner.BasePruningFunc):
+    """Prunes the index buffers of ``OptionAShortcut``; input and output are independent."""
+
+    def _apply(self, layer: OptionAShortcut, drop_in: Sequence[int],
+               drop_out: Sequence[int]) -> None:
+        dev = layer.in_sel.device
+        keep_in = torch.tensor(
+            sorted(set(range(layer.in_channels)) - set(drop_in)), dtype=torch.long, device=dev
+        )
+        keep_out = torch.tensor(
+            sorted(set(range(layer.out_channels)) - set(drop_out)), dtype=torch.long, device=dev
+        )
+        layer.in_sel, layer.out_pos = slice_option_a(
+            layer.in_sel, layer.out_pos, keep_in, keep_out, layer.in_channels, layer.out_channels
+        )
+        layer.in_channels, layer.out_channels = len(keep_in), len(keep_out)
+        layer.out_slots = layer.out_slots[: len(keep_out)].clone()
+
+    def prune_out_channels(self, layer: OptionAShortcut, idxs: Sequence[int]) -> OptionAShortcut:
+        self._apply(layer, (), idxs)
+        return layer
+
+    def prune_in_channels(self, layer: OptionAShortcut, idxs: Sequence[int]) -> OptionAShortcut:
+        self._apply(layer, idxs, ())
+        return layer
+
+    def get_out_channels(self, layer: OptionAShortcut) -> int:
+        return layer.out_channels
+
+    def get_in_channels(self, layer: OptionAShortcut) -> int:
+        return layer.in_channels
+
+
+class OptionARule(LayerRule):
+    """The option-A shortcut: parameter-free, its input and output channels pruned apart."""
+
+    kind = "option_a"
+    types = (OptionAShortcut,)
+    root = writer = True
+
+    def describe(self) -> str:
+        return "OptionAShortcut"
+
+    def dims(self, module: nn.Module, info: LayerInfo) -> tuple[int, int | None]:
+        return module.out_channels, module.in_channels  # type: ignore[return-value]
+
+    def slices(self) -> bool:
+        return True
+
+    def slice(self, module: nn.Module, k_in: torch.Tensor | None, k_out: torch.Tensor | None
+              ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        assert isinstance(module, OptionAShortcut) and k_in is not None and k_out is not None
+        in_sel, out_pos = slice_option_a(module.in_sel, module.out_pos, k_in, k_out,
+                                         module.in_channels, module.out_channels)
+        return {"in_sel": in_sel, "out_pos": out_pos,
+                "out_slots": module.out_slots[: len(k_out)]}, {}
+
+    def pruner(self) -> tp.pruner.BasePruningFunc:
+        return OptionAShortcutPruner()
+
+
+LAYER_RULES.register(OptionARule())

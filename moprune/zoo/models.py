@@ -11,7 +11,8 @@ import torch
 import torchvision
 from torch import nn
 
-from moprune.registry import Registry, UnknownNameError
+from moprune.core.registry import Registry
+from moprune.errors import ConfigError, UnknownNameError
 
 TORCHVISION_PREFIX = "tv:"
 VGG16_CFG: tuple[int | str, ...] = (
@@ -54,7 +55,7 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
 
     """
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
+        raise ConfigError(f"num_classes must be a positive integer; got {num_classes!r}.")
     return model_entry(name).build(num_classes, pretrained)
 
 
@@ -91,7 +92,7 @@ def _build_torchvision(tv_name: str, num_classes: int, pretrained: bool) -> nn.M
     if not pretrained:
         return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
     if num_classes != 1000:
-        raise ValueError(
+        raise ConfigError(
             f"torchvision's pretrained weights for {tv_name!r} have 1000 ImageNet outputs but "
             f"num_classes={num_classes} was asked for; build with pretrained=False, or with "
             "num_classes=1000 and replace the classifier head yourself."
@@ -100,7 +101,7 @@ def _build_torchvision(tv_name: str, num_classes: int, pretrained: bool) -> nn.M
 
 
 def _no_pretrained(name: str) -> None:
-    raise ValueError(
+    raise ConfigError(
         f"no pretrained weights are published here for {name!r}; build it with "
         "pretrained=False and load a trained checkpoint instead."
     )

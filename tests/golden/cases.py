@@ -15,7 +15,7 @@ REPO = HERE.parents[1]
 DIGITS = REPO / "problems" / "digits_demo.py"
 DIGITS_RATIO = HERE / "digits_ratio.py"
 TINY_RESNET = HERE / "tiny_resnet.py"
-# the digits CNN trained by moprune.demo.train_baseline(seed=0) with one torch thread
+# the digits CNN trained by moprune.tasks.digits.train_baseline(seed=0) with one torch thread
 WEIGHTS = HERE / "digits_weights.pt"
 
 # result files compared byte for byte (when present); config.json holds paths and versions

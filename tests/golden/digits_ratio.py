@@ -2,8 +2,8 @@
 
 import dataclasses
 
-from moprune.demo import build_task as digits_task
-from moprune.task import PruningTask, TaskOptions
+from moprune.tasks.digits import build_task as digits_task
+from moprune.tasks.task import PruningTask, TaskOptions
 
 
 def build_task(options: TaskOptions) -> PruningTask:

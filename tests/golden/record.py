@@ -27,7 +27,7 @@ from cases import (
 
 
 def run_case(argv: list[str], out: Path) -> None:
-    from moprune.cli import main
+    from moprune.cli.main import main
 
     status = main([str(out) if a == "OUT" else a for a in argv])
     if status != 0:

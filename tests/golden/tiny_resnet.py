@@ -6,11 +6,11 @@ runs in seconds, deterministic, offline.
 
 import torch
 
-from moprune.space import SpacePolicy
-from moprune.task import DataRequest, PruningTask, TaskOptions
-from moprune.training import FinetuneConfig
+from moprune.core.space import SpacePolicy
+from moprune.data.datasets import DataBundle, Normalization, Split
+from moprune.tasks.task import DataRequest, PruningTask, TaskOptions
+from moprune.training.finetune import FinetuneConfig
 from moprune.zoo.cifar_resnet import cifar_resnet
-from moprune.zoo.data import DataBundle, Normalization, Split
 
 CLASSES = 4
 SHAPE = (3, 16, 16)

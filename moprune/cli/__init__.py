@@ -1,0 +1,5 @@
+"""The ``moprune`` command line."""
+
+from moprune.cli.main import main
+
+__all__ = ["main"]

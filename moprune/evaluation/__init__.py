@@ -1,0 +1,1 @@
+"""Scorers of pruning plans: as they are, after retraining, by weight inheritance, on Dask."""

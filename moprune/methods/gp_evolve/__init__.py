@@ -1,0 +1,1 @@
+"""``moprune evolve``: genetic programming of pruning functions on proxy tasks."""

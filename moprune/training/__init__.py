@@ -1,0 +1,1 @@
+"""Fine-tuning, seeded re-initialisation and BatchNorm re-estimation, named recipes."""
