@@ -17,7 +17,8 @@ from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 HEADING = "## Option reference"
-COMMANDS = ("search", "plot", "pick", "export", "inspect", "finetune", "demo", "evolve")
+COMMANDS = ("search", "plot", "pick", "export", "repair", "inspect", "finetune", "demo",
+            "evolve")
 
 
 def reference() -> str:

@@ -28,6 +28,9 @@ def preload_problem_file(argv: Sequence[str]) -> None:
     lets ``--algorithm NAME`` and the method's options name them. A file that fails to
     import is left for the command to report.
     """
+    argv = list(argv)
+    while argv and argv[0].startswith("-"):  # global options (--debug)
+        argv = argv[1:]
     if len(argv) < 2 or argv[0] != "search" or argv[1].startswith("-"):
         return
     path = Path(argv[1])

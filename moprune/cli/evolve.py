@@ -12,10 +12,10 @@ from moprune.core.execution import resolve_device
 from moprune.criteria.gp.function import ScoreSettings, load_function
 from moprune.criteria.gp.library import SEEDS
 from moprune.errors import ConfigError
-from moprune.methods.gp_evolve.evolve import BEST, evolve
+from moprune.methods.gp_evolve.evolve import BEST, GENERATIONS, evolve
 from moprune.methods.gp_evolve.proxy import TaskRequest, load_proxy_task
 from moprune.problems.function import FunctionProblem
-from moprune.runs.rundir import RunDir, git_hash, versions
+from moprune.runs.rundir import RunDir, git_hash, run_files, versions
 from moprune.tasks import digits
 from moprune.tasks.task import file_sha256
 
@@ -148,10 +148,20 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     run = RunDir(args.out)
     files = _task_files(args, run.path)
     cfg = {"identity": _identity(args, files, settings, config), "device": args.device,
-           "versions": versions(), "git": git_hash(), "title": "GP pruning-function search"}
+           "versions": versions(), "git": git_hash(), "title": "GP pruning-function search",
+           "files": run_files((GENERATIONS, BEST, "digits.pt"))}
+    with run.lock("moprune evolve"):
+        return _evolve(args, run, cfg, files, config, settings)
+
+
+def _evolve(args: argparse.Namespace, run: RunDir, cfg: dict,
+            files: list[tuple[Path, Path | None]], config: GPConfig,
+            settings: ScoreSettings) -> int:
     resume = run.check(cfg, resume=args.resume, force=args.force)
     if not resume:
-        run.create(cfg)
+        removed = run.create(cfg)
+        if removed:
+            print(f"replaced the run in {run.path}: removed {len(removed)} of its files")
     digits_weights = run.path.resolve() / "digits.pt"
     if any(w == digits_weights for _, w in files) and not digits_weights.is_file():
         print("training the digits CNN for the digits proxy task ...")

@@ -1,6 +1,6 @@
 """The ``moprune`` command line: the parser, and the error contract of every command.
 
-Sub-commands: search, plot, pick, export, inspect, finetune, demo, evolve. A method's search
+Sub-commands: search, plot, pick, export, repair, inspect, finetune, demo, evolve. A method's search
 options come from its options class (``moprune.methods``). Errors a user can fix
 (:class:`~moprune.errors.MopruneError`) and operating-system errors (a missing or unwritable
 file) print as ``moprune COMMAND: error: ...`` with exit status 2; anything else is a bug in
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evolutionary multi-objective filter pruning of CNNs (pymoo + PyTorch).",
         epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"moprune {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of every error (a problem file's too)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("search",
@@ -199,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_execution_args(p, "the fine-tuning")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("repair", help="check a run's files and rebuild what is damaged",
+                       description="Check every file of a run against what the run recorded "
+                                   "(the ledger of its candidate lines in the checkpoint and in "
+                                   "finished.json). Lines written after the last checkpoint are "
+                                   "trimmed; a damaged candidates file, checkpoint or front is "
+                                   "rebuilt by replaying the search with its seed, taking the "
+                                   "recorded scores of intact candidates (the damaged files are "
+                                   "kept in RUN/repair-backup/).")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("inspect", help="list the prunable channel groups of a problem",
                        description="Print the prunable groups of a problem file's model: name, "
                                    "channels, kind and share of the network's MACs.")
@@ -232,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "search": search.cmd_search, "plot": results.cmd_plot, "pick": results.cmd_pick,
-    "export": results.cmd_export, "inspect": tools.cmd_inspect, "finetune": tools.cmd_finetune,
+    "export": results.cmd_export, "repair": results.cmd_repair, "inspect": tools.cmd_inspect,
+    "finetune": tools.cmd_finetune,
     "demo": lambda args: run_demo(args.out, main, seed=args.seed, progress=not args.quiet),
     "evolve": cmd_evolve,
 }
@@ -254,9 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"moprune {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
     except MopruneError as exc:
+        if args.debug:
+            traceback.print_exception(exc)
         print(f"moprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
+        if args.debug:
+            traceback.print_exception(exc)
         print(f"moprune {args.command}: error: {_os_error(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug: say so, and keep the traceback (raised on)

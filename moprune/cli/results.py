@@ -13,6 +13,7 @@ from moprune.errors import ConfigError
 from moprune.fronts import PickRule, format_table, front_records, pick
 from moprune.methods.driver import MEMBER_COLUMNS, member_row
 from moprune.methods.rebuild import method_of, setup_from_run
+from moprune.methods.repair import repair
 from moprune.methods.tradeoffs import export_trade_offs, resolve_role, trade_offs_table
 from moprune.runs.export import export_candidate
 from moprune.runs.rundir import RunDir
@@ -27,10 +28,12 @@ def print_json(obj: object) -> None:
 def cmd_plot(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
     config = run.config()
+    run.check_readable("plot")
     for i in args.ids or []:
         run.record(i)  # an unknown id fails before anything is drawn
-    for p in method_of(config).write_plots(run, args.ids):
-        print(p)
+    with run.lock("moprune plot"):  # it writes RUN/plots
+        for p in method_of(config).write_plots(run, args.ids):
+            print(p)
     return 0
 
 
@@ -66,6 +69,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
         raise ConfigError("--knee-method and --knee-weights define the knee: use them with "
                           "--knee")
     run = RunDir(args.run)
+    run.check_readable("pick from")
     front, baseline = run.front(), run.baseline()
     objectives = tuple(run.config()["identity"]["objectives"])
     if args.list:
@@ -100,6 +104,7 @@ def _export_recipe(args: argparse.Namespace, task_recipe: FinetuneConfig) -> Fin
 def cmd_export(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
     config = run.config()
+    run.check_readable("export from")
     method = method_of(config)
     if args.start == "scratch" and args.finetune_epochs == 0:
         raise ConfigError("--start scratch re-initialises the network: give --finetune-epochs "
@@ -144,4 +149,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["cmd_export", "cmd_pick", "cmd_plot", "print_json"]
+def cmd_repair(args: argparse.Namespace) -> int:
+    run = RunDir(args.run)
+    run.config()
+    with run.lock("moprune repair"):
+        print(repair(run, device=args.device, progress=not args.quiet))
+    return 0
+
+
+__all__ = ["cmd_export", "cmd_pick", "cmd_plot", "cmd_repair", "print_json"]

@@ -20,7 +20,7 @@ from moprune.errors import ConfigError
 from moprune.methods import all_methods, resolve_method
 from moprune.methods.base import BuildEnv, Method, MethodOptions, options_from_args
 from moprune.methods.rebuild import worker_scorer
-from moprune.runs.rundir import EVENTS, PROGRESS, RunDir, git_hash, versions
+from moprune.runs.rundir import EVENTS, PROGRESS, RunDir, git_hash, run_files, versions
 from moprune.tasks.setup import SearchSetup
 from moprune.tasks.task import (
     DataRequest,
@@ -53,24 +53,8 @@ def run_config(args: argparse.Namespace, method: Method, options: MethodOptions,
             "execution": execution_of(args).to_dict(),
             "cluster": {"workers": args.workers, "scheduler": args.scheduler},
             "download": args.download, "versions": versions(), "git": git_hash(),
-            "title": f"{task.name} (seed {args.seed})"}
-
-
-def _open_run(args: argparse.Namespace, method: Method, options: MethodOptions
-              ) -> tuple[PruningTask, RunDir, dict, bool]:
-    """Load the problem file and check the run directory (nothing is written yet)."""
-    run = RunDir(args.out)
-    # a run that re-initialises the network lets the problem file skip its default weights
-    task = load_problem_file(args.problem, TaskOptions(
-        weights=args.weights.resolve() if args.weights else None,
-        pretrained=options.pretrained()))
-    config = run_config(args, method, options, task)
-    ident = config["identity"]
-    task = with_criterion(task, ident.get("criterion"), ident.get("criterion_sha256"))
-    resume = run.check(config, resume=args.resume, force=args.force)
-    if args.resume and not resume:
-        print(f"note: {args.out} has no checkpoint yet; starting from the beginning")
-    return task, run, config, resume
+            "title": f"{task.name} (seed {args.seed})",
+            "files": run_files(method.extra_files)}
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -79,10 +63,30 @@ def cmd_search(args: argparse.Namespace) -> int:
         load_problem_module(args.problem)  # methods/algorithms/objectives it registers
     method = resolve_method(args.algorithm)
     options = options_from_args(method, args, all_methods())
-    task, run, config, resume = _open_run(args, method, options)
+    # a run that re-initialises the network lets the problem file skip its default weights
+    task = load_problem_file(args.problem, TaskOptions(
+        weights=args.weights.resolve() if args.weights else None,
+        pretrained=options.pretrained()))
+    config = run_config(args, method, options, task)
     ident = config["identity"]
+    task = with_criterion(task, ident.get("criterion"), ident.get("criterion_sha256"))
     if args.workers is not None or args.scheduler is not None:
         method.check_cluster(ident)
+    run = RunDir(args.out)
+    run.check(config, resume=args.resume, force=args.force)  # before anything is written
+    with run.lock(f"moprune search {args.problem} --algorithm {method.name}"):
+        resume = run.check(config, resume=args.resume, force=args.force)  # now it is ours
+        if args.resume and not resume:
+            print(f"note: {args.out} has no checkpoint yet; starting from the beginning")
+        _search(args, method, options, task, run, config, resume)
+    print(method.report(run))
+    return 0
+
+
+def _search(args: argparse.Namespace, method: Method, options: MethodOptions,
+            task: PruningTask, run: RunDir, config: dict, resume: bool) -> None:
+    """Load the data, build the setup, create (or reopen) the run and search."""
+    ident = config["identity"]
     data = task.load_data(DataRequest(
         root=args.data_root, seed=args.seed, eval_images=args.eval_images,
         test_images=args.test_images, download=args.download,
@@ -93,17 +97,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     setup = method.build(task, data, ident, env)
     with contextlib.ExitStack() as stack:
         if args.workers is not None or args.scheduler is not None:
-            setup = _distribute(args, setup, config, run, resume, stack, method)
+            setup = _distribute(args, setup, config, run, resume, stack)
         elif not resume:
-            run.create(config, method.extra_files)
+            _create(run, config)
         print(method.describe(setup, ident))
         method.run(setup, run, ident, resume=resume, progress=not args.quiet, options=options)
-    print(method.report(run))
-    return 0
+
+
+def _create(run: RunDir, config: dict) -> None:
+    removed = run.create(config)
+    if removed:
+        print(f"replaced the run in {run.path}: removed its {len(removed)} file(s) "
+              f"({', '.join(removed[:6])}{', ...' if len(removed) > 6 else ''})")
 
 
 def _distribute(args: argparse.Namespace, setup: SearchSetup, config: dict, run: RunDir,
-                resume: bool, stack: contextlib.ExitStack, method: Method) -> SearchSetup:
+                resume: bool, stack: contextlib.ExitStack) -> SearchSetup:
     """The setup with its scorer spread over a Dask cluster (local or joined)."""
     from moprune.evaluation.distributed import (
         DaskEvaluator,
@@ -123,7 +132,7 @@ def _distribute(args: argparse.Namespace, setup: SearchSetup, config: dict, run:
         threads = torch_threads_per_worker(args.workers)
         where = f"a local Dask cluster of {args.workers} worker process(es)"
     if not resume:
-        run.create(config, method.extra_files)
+        _create(run, config)
 
     def on_event(record: dict) -> None:
         done = 0

@@ -195,6 +195,19 @@ class Method:
         """
         raise NotImplementedError
 
+    def replayable(self, identity: dict) -> bool:
+        """Whether a run can be rebuilt by replaying it from its recorded scores.
+
+        True for searches whose scores depend only on the plan (``moprune repair``); False
+        when scoring has state of its own (weight inheritance, CCEP's fine-tuned rounds).
+        """
+        return False
+
+    def replay(self, setup: SearchSetup, run: RunDir, identity: dict, until: int,
+               progress: bool) -> int:
+        """Rerun the search from its start up to generation ``until``; returns the generations."""
+        raise ConfigError(f"{self.name} runs cannot be replayed")
+
     def rebuild(self, setup: SearchSetup, run: RunDir) -> None:
         """Bring a finished run's rebuilt setup to its end-of-search state (e.g. a supernet)."""
 

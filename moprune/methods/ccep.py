@@ -89,7 +89,7 @@ class CCEPMethod(Method):
     summary = "cooperative coevolution, rounds with fine-tuning"
     group = "CCEP (--algorithm ccep; defaults are the published settings)"
     Options: ClassVar[type[MethodOptions]] = CCEPOptions
-    extra_files = (COEVOLUTION_LOG, ROUNDS_DIR)
+    extra_files = (COEVOLUTION_LOG, f"{ROUNDS_DIR}/*.pt", f"{ROUNDS_DIR}/.*.tmp")
 
     def identity(self, options: MethodOptions, task: PruningTask, common: dict) -> dict:
         assert isinstance(options, CCEPOptions)

@@ -332,7 +332,7 @@ def run_ccep(setup: SearchSetup, run: RunDir, config: CCEPConfig, resume: bool,
         state = run.load_checkpoint()
         if state.get("algorithm") != "ccep":
             raise RunDirError(f"the checkpoint in {str(run.path)!r} is not a CCEP checkpoint")
-        run.truncate_candidates(state["round"])
+        run.resume_candidates(state)
         done, gen = state["round"], state.get("generation", 0)
         run.filter_jsonl(COEVOLUTION_LOG, lambda row: row["round"] <= done or (
             row["round"] == done + 1 and row["generation"] <= gen))
@@ -484,6 +484,7 @@ def finalize_ccep(setup: SearchSetup, run: RunDir, config: CCEPConfig) -> list[d
     front = front_records(ok or rounds, OBJECTIVES)
     run.write_json(BASELINE, baseline)
     run.write_json(FRONT, front)
+    run.finish()
     write_plots(run, extra_plots=plot_run_rounds)
     return front
 

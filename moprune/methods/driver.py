@@ -64,7 +64,7 @@ ResumeHook = Callable[[RunDir, int], None]
 def run_generations(setup: SearchSetup, run: RunDir, algorithm: Algorithm | None,
                     generations: int, seed: int, resume: bool, progress: bool = True,
                     on_generation: GenerationHook | None = None,
-                    on_resume: ResumeHook | None = None) -> None:
+                    on_resume: ResumeHook | None = None, until: int | None = None) -> int:
     """Run (or resume) ``algorithm`` for ``generations`` generations, checkpointing each.
 
     Args:
@@ -80,6 +80,11 @@ def run_generations(setup: SearchSetup, run: RunDir, algorithm: Algorithm | None
             generation)``, before the checkpoint (e.g. to log DeepPruningES's elites).
         on_resume: Called on resume as ``(run, generations done)``, after the candidates are
             trimmed to the checkpoint (e.g. to trim the method's own logs).
+        until: Stop after this many generations (a checkpoint is saved; ``--resume``
+            continues), e.g. to replay only what an interrupted run had done.
+
+    Returns:
+        The generations done.
 
     """
     problem = setup.problem
@@ -90,7 +95,7 @@ def run_generations(setup: SearchSetup, run: RunDir, algorithm: Algorithm | None
         done = int(state["generation"])
         if "evaluator" in state:  # a scorer with state of its own (weight inheritance)
             setup.evaluator.load_state_dict(state["evaluator"])
-        records = run.truncate_candidates(done)
+        records = run.resume_candidates(state)
         if on_resume is not None:
             on_resume(run, done)
     else:
@@ -105,7 +110,7 @@ def run_generations(setup: SearchSetup, run: RunDir, algorithm: Algorithm | None
     bar = tqdm(total=generations, initial=done, desc="generations", unit="gen",
                disable=not progress)
     try:
-        while algorithm.has_next():
+        while algorithm.has_next() and (until is None or done < until):
             recorder.generation = done + 1
             algorithm.next()
             done += 1
@@ -126,6 +131,7 @@ def run_generations(setup: SearchSetup, run: RunDir, algorithm: Algorithm | None
     finally:
         bar.close()
         problem.recorder = None
+    return done
 
 
 def feasible(records: list[dict], baseline: dict, max_macs_ratio: float | None,
@@ -168,6 +174,7 @@ def finalize(setup: SearchSetup, run: RunDir, knee: Knee = DEFAULT_KNEE,
     baseline["val_images"] = len(setup.data.val)
     run.write_json(BASELINE, baseline)
     run.write_json(FRONT, front)
+    run.finish()
     write_plots(run, knee, extra_plots)
     return front
 

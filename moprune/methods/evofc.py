@@ -336,6 +336,9 @@ class EvoFCMethod(PymooMethod):
             save_supernet(run, setup.evaluator)
         return front
 
+    def replayable(self, identity: dict) -> bool:
+        return options_of(identity).training != "inherit"  # a supernet's state is no score
+
     def rebuild(self, setup: SearchSetup, run: RunDir) -> None:
         """Load the supernet of a finished run into its rebuilt scorer."""
         if options_of(run.config()["identity"]).training == "inherit":

@@ -156,6 +156,24 @@ class PymooMethod(Method):
                         on_resume=self.on_resume)
         return finalize(setup, run, self.knee(identity), self.plots, progress=progress)
 
+    def replayable(self, identity: dict) -> bool:
+        return True
+
+    def replay(self, setup: SearchSetup, run: RunDir, identity: dict, until: int,
+               progress: bool) -> int:
+        """The search again from its start, up to generation ``until``; finished if it ends.
+
+        Scores come from ``setup.problem.recorded`` where the genome is there, so the same
+        seed retraces the recorded search without scoring it again.
+        """
+        done = run_generations(setup, run, self.algorithm(setup, identity),
+                               identity["generations"], identity["seed"], resume=False,
+                               progress=progress, on_generation=self.on_generation,
+                               until=until)
+        if done >= identity["generations"]:
+            finalize(setup, run, self.knee(identity), self.plots, progress=progress)
+        return done
+
     def report(self, run: RunDir) -> str:
         identity = run.config()["identity"]
         return summary_report(run, self.knee(identity),

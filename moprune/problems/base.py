@@ -20,7 +20,7 @@ from moprune.core.cost import CostModel
 from moprune.core.objectives import OBJECTIVES, Metrics, check_objectives
 from moprune.core.plan import PruningPlan
 from moprune.errors import ConfigError
-from moprune.evaluation.scorer import Scorer
+from moprune.evaluation.scorer import EvalResult, Scorer
 
 Recorder = Callable[[list[dict]], None]
 
@@ -78,6 +78,8 @@ class PruningProblem(Problem):
                        for g in self.space.groups],
         }
         self.recorder: Recorder | None = None
+        # scores recorded by an earlier run, by genome key (a replay scores these from here)
+        self.recorded: dict[str, tuple[float, float]] = {}
         n_constr = (max_macs_ratio is not None) + (max_accuracy_drop is not None)
         n_var = encoding.n_var
         if vars is not None:
@@ -113,10 +115,23 @@ class PruningProblem(Problem):
         """Inverse of :meth:`genome_key`."""
         raise NotImplementedError
 
+    def _score(self, X: np.ndarray, masks: np.ndarray) -> EvalResult:
+        """Accuracy and loss of the rows: recorded ones from :attr:`recorded`, the rest scored."""
+        if not self.recorded:
+            return self.evaluator.evaluate_masks(masks)
+        keys = [self.genome_key(x) for x in X]
+        todo = [i for i, k in enumerate(keys) if k not in self.recorded]
+        acc = np.array([self.recorded.get(k, (np.nan, np.nan))[0] for k in keys])
+        loss = np.array([self.recorded.get(k, (np.nan, np.nan))[1] for k in keys])
+        if todo:
+            res = self.evaluator.evaluate_masks(masks[todo])
+            acc[todo], loss[todo] = res.accuracy, res.loss
+        return EvalResult(accuracy=acc, loss=loss)
+
     def _evaluate(self, x, out, *args, **kwargs):
         X = self.check_genomes(x)
         masks = self.decode_masks(X)
-        res = self.evaluator.evaluate_masks(masks)
+        res = self._score(X, masks)
         cost = self.cost_model.cost_of_masks(masks)
         macs_ratio = cost.macs / self.baseline["macs"]
         params_ratio = cost.params / self.baseline["params"]

@@ -185,13 +185,20 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     prefixes) or ``{"model_state": ...}``.
 
     Raises:
-        ValueError: The file is missing or its tensors do not fit the model.
+        ConfigError: The file is missing, unreadable (truncated, not a PyTorch checkpoint) or
+            its tensors do not fit the model.
 
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"weights file {str(path)!r} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises many types on a damaged file
+        raise ConfigError(
+            f"weights file {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); it is "
+            "truncated or not a PyTorch checkpoint. Pass the file `moprune finetune` wrote, or "
+            "leave out --weights for the problem file's weights.") from exc
     if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
         raise ConfigError(f"{str(path)!r} holds an exported (pruned) model, not weights for the "
                          "full network; use the baseline checkpoint instead.")

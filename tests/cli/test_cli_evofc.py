@@ -243,10 +243,13 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(
     assert_same_search(evofc_run[0], out)
 
 
-def test_resume_of_a_finished_run_rewrites_front_and_supernet(evofc_run, tmp_path, capsys):
+def test_resume_after_the_last_generation_writes_front_and_supernet(evofc_run, tmp_path,
+                                                                   capsys):
+    """Killed after the last checkpoint, before the front: --resume writes both again."""
     copy = tmp_path / "copy"
     shutil.copytree(evofc_run[0], copy)
     (copy / "front.json").unlink()
+    (copy / "finished.json").unlink()
     (copy / "supernet.pt").unlink()
     status, _, err = run_main(evofc_args(copy, "--resume"), capsys)
     assert status == 0, err

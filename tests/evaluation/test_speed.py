@@ -466,6 +466,8 @@ def test_runs_made_before_precision_was_recorded_resume_as_fp32(tmp_path, digits
     del config["identity"]["precision"]
     del config["execution"]
     (run / "config.json").write_text(json.dumps(config))
+    for name in ("front.json", "finished.json"):  # interrupted before its front
+        (run / name).unlink()
     assert _stored_execution(config) == Execution("fp32", channels_last=False)
     assert main(digits_search(run, digits_weights, "--precision", "bf16", "--resume")) != 0
     assert "different settings (precision)" in capsys.readouterr().err

@@ -285,9 +285,10 @@ def test_cli_search_pick_export_resume(digits_weights, tmp_path, capsys):
     ident = run.config()["identity"]
     assert ident["algorithm"] == "ccep" and ident["pop_size"] == 5
     assert ident["ccep"]["rounds"] == 2
-    # a finished run resumes to the same result; other settings are refused untouched
+    # a finished run is not resumed (nor rewritten); other settings are refused untouched
     before = (out / "candidates.jsonl").read_bytes()
-    assert main([*args, "--resume"]) == 0
+    assert main([*args, "--resume"]) == 2
+    assert "finished run" in capsys.readouterr().err
     assert (out / "candidates.jsonl").read_bytes() == before
     assert main([*args[:-1], "--rounds", "3", "--resume", "--quiet"]) == 2
     assert "ccep.rounds" in capsys.readouterr().err

@@ -186,12 +186,19 @@ def test_resume_in_process_after_an_interruption(reference, digits_weights, tmp_
     assert results(out) == results(reference)
 
 
-def test_resume_of_a_finished_run_rewrites_its_front(saved_run, digits_weights, reference,
-                                                     capsys):
+def test_resume_after_the_last_generation_writes_the_front(saved_run, digits_weights,
+                                                          reference, capsys):
+    """Killed after the last checkpoint, before the front was written: --resume finishes."""
     (saved_run / "front.json").unlink()
+    (saved_run / "finished.json").unlink()
     status, _, err = run_main(search_args(saved_run, digits_weights, "--resume"), capsys)
     assert status == 0, err
     assert results(saved_run) == results(reference)
+
+
+def test_resume_of_a_finished_run_is_refused(saved_run, digits_weights, capsys):
+    assert_refused(search_args(saved_run, digits_weights, "--resume"), saved_run, capsys,
+                   "finished run", "nothing to resume", "--force")
 
 
 # ---- refusals that must leave the saved run untouched ------------------------------------
@@ -214,13 +221,21 @@ def test_resume_with_other_options_names_the_setting(saved_run, digits_weights, 
     assert "seed" not in err.split("(")[1].split(")")[0]
 
 
+def unfinish(run: Path) -> None:
+    """The run as a kill after its last checkpoint leaves it: no front, not finished."""
+    (run / "front.json").unlink()
+    (run / "finished.json").unlink()
+
+
 def test_resume_with_a_corrupted_checkpoint(saved_run, digits_weights, capsys):
+    unfinish(saved_run)
     (saved_run / "checkpoint.pkl").write_bytes(os.urandom(64) + b"\x00garbage\xff")
     assert_refused(search_args(saved_run, digits_weights, "--resume"), saved_run, capsys,
-                   "checkpoint.pkl", "corrupted", "--force")
+                   "checkpoint.pkl", "corrupted", "moprune repair", "--force")
 
 
 def test_resume_with_a_foreign_checkpoint(saved_run, digits_weights, capsys):
+    unfinish(saved_run)
     (saved_run / "checkpoint.pkl").write_bytes(pickle.dumps({"algorithm": None,
                                                               "generation": 3}))
     assert_refused(search_args(saved_run, digits_weights, "--resume"), saved_run, capsys,
@@ -353,6 +368,7 @@ def test_a_failed_data_load_does_not_block_the_corrected_command(random_resnet20
 
 
 def test_torn_last_line_of_candidates_is_ignored(saved_run):
+    unfinish(saved_run)  # an interrupted run: a kill while appending tears the last line
     run = RunDir(saved_run)
     before = run.candidates()
     line = json.dumps(before[-1], sort_keys=True)

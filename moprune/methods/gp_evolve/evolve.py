@@ -76,7 +76,7 @@ def evolve(problem: FunctionProblem, config: GPConfig, run: RunDir, seed: int,
         algorithm: Algorithm = state["algorithm"]
         algorithm.problem = problem
         done = int(state["generation"])
-        _restore(problem, run.truncate_candidates(done))
+        _restore(problem, run.resume_candidates(state))
         summaries = run.filter_jsonl(GENERATIONS, lambda r: r["generation"] <= done)
     else:
         algorithm = gp_algorithm(config, problem.objectives)
