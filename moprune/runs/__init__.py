@@ -1,0 +1,1 @@
+"""Run directories (files, checkpoints, identity) and the export of a candidate."""
