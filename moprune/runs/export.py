@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from moprune.errors import ConfigError
-
 import copy
 import dataclasses
 import io
@@ -15,8 +13,9 @@ from torch import nn
 
 from moprune.core.execution import Execution
 from moprune.core.layers import LAYER_RULES
-from moprune.runs.rundir import atomic_write_bytes
 from moprune.core.surgery import prune_model
+from moprune.errors import ConfigError
+from moprune.runs.rundir import atomic_write_bytes
 from moprune.tasks.setup import SearchSetup
 from moprune.training.finetune import FinetuneConfig, evaluate_accuracy, finetune
 

@@ -341,7 +341,7 @@ def test_demo_never_deletes_the_users_files(tmp_path, capsys) -> None:
     assert snapshot(out) == before
 
 
-# ---- the error contract ---------------------------------------------------------------------------
+# ---- the error contract ------------------------------------------------------------------------
 
 
 def test_option_values_are_refused_before_anything_is_loaded(digits_weights, tmp_path,
