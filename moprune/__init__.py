@@ -28,6 +28,7 @@ from moprune.problems.ratio import LayerRatioProblem
 from moprune.tasks.setup import make_problem
 from moprune.tasks.task import PruningTask, TaskOptions, load_problem_file
 from moprune.version import __version__
+from moprune.zoo import torchvision_layers as _torchvision_layers  # noqa: F401 - registers rules
 
 __all__ = [
     "ALGORITHMS", "CRITERIA", "ENCODINGS", "LAYER_RULES", "METHODS", "OBJECTIVES", "Cost",

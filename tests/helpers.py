@@ -112,6 +112,86 @@ def small_vgg11_bn() -> nn.Module:
     return model
 
 
+class GroupedBottleneckCNN(nn.Module):
+    """ResNeXt-style bottleneck: 1x1 conv, grouped 3x3 conv (4 groups), 1x1 conv, addition."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.reduce, self.bn1 = nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.grouped = nn.Conv2d(8, 12, 3, padding=1, groups=4, bias=True)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.expand, self.bn3 = nn.Conv2d(12, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn0(self.stem(x)))
+        y = torch.relu(self.bn1(self.reduce(x)))
+        y = torch.relu(self.bn2(self.grouped(y)))
+        x = torch.relu(x + self.bn3(self.expand(y)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+class GroupNormCNN(nn.Module):
+    """Convolutions normalised by GroupNorm, the second one grouped (2 groups) and followed
+    by a GroupNorm of 4 groups: its channels tie at positions modulo 12 and 6."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv1, self.gn1 = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(2, 16)
+        self.conv2, self.gn2 = nn.Conv2d(16, 24, 3, padding=1, groups=2), nn.GroupNorm(4, 24)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.gn1(self.conv1(x)))
+        x = torch.relu(self.gn2(self.conv2(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+class ConvNeXtBlockCNN(nn.Module):
+    """torchvision's ConvNeXt parts: LayerNorm2d stem, a CNBlock (depthwise conv, Permute,
+    LayerNorm over the last axis, Linear layers on NHWC, layer scale, StochasticDepth)."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        from torchvision.models.convnext import CNBlock, LayerNorm2d
+
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), LayerNorm2d(8, eps=1e-6))
+        self.block = CNBlock(8, layer_scale=0.5, stochastic_depth_prob=0.1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(LayerNorm2d(8, eps=1e-6), nn.Flatten(1),
+                                  nn.Linear(8, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.block(self.stem(x))))
+
+
+class SqueezeExciteCNN(nn.Module):
+    """An inverted residual block with squeeze-and-excitation and a SqueezeNet-style head
+    (a 1x1 conv classifier followed by ReLU, global pooling and flatten)."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        from torchvision.ops import SqueezeExcitation
+
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.expand, self.bn1 = nn.Conv2d(8, 32, 1, bias=False), nn.BatchNorm2d(32)
+        self.dw, self.bn2 = nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32)
+        self.se = SqueezeExcitation(32, 8)
+        self.project, self.bn3 = nn.Conv2d(32, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(8, num_classes, 1),
+                                        nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn0(self.stem(x)))
+        y = torch.relu(self.bn1(self.expand(x)))
+        y = self.se(torch.relu(self.bn2(self.dw(y))))
+        x = x + self.bn3(self.project(y))
+        return torch.flatten(self.classifier(x), 1)
+
+
 def tiny_models() -> list[tuple[str, ModelFactory, tuple[int, int, int]]]:
     """(id, factory, input_shape) for every registered model plus a few extra architectures."""
     out: list[tuple[str, ModelFactory, tuple[int, int, int]]] = []
@@ -127,6 +207,10 @@ def tiny_models() -> list[tuple[str, ModelFactory, tuple[int, int, int]]]:
     out.append(("flatten_linear_cnn", FlattenLinearCNN, (3, 8, 8)))
     out.append(("depthwise_avgpool_cnn", DepthwiseAvgPoolCNN, (3, 12, 12)))
     out.append(("dense_concat_cnn", DenseConcatCNN, (3, 8, 8)))
+    out.append(("grouped_bottleneck_cnn", GroupedBottleneckCNN, (3, 8, 8)))
+    out.append(("groupnorm_cnn", GroupNormCNN, (3, 8, 8)))
+    out.append(("convnext_block_cnn", ConvNeXtBlockCNN, (3, 8, 8)))
+    out.append(("squeeze_excite_cnn", SqueezeExciteCNN, (3, 8, 8)))
     return out
 
 
@@ -178,9 +262,16 @@ def one_torch_thread() -> Iterator[None]:
 
 
 def randomize_bn(model: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Give every BatchNorm random running statistics and affine parameters (in place)."""
+    """Give every BatchNorm random running statistics and affine parameters, and every
+    GroupNorm / LayerNorm / ConvNeXt layer scale random affine parameters (in place)."""
     with torch.no_grad():
         for m in model.modules():
+            if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=generator) * 1.5 + 0.25)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.5)
+            scale = getattr(m, "layer_scale", None)
+            if isinstance(scale, nn.Parameter):
+                scale.copy_(torch.rand(scale.shape, generator=generator) + 0.5)
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 n = m.num_features
                 if m.running_mean is not None:

@@ -52,6 +52,30 @@ def _spea2(problem: PruningProblem, pop_size: int) -> Algorithm:
     return SPEA2(pop_size=_pop(pop_size), **problem.operators())
 
 
+def _agemoea(problem: PruningProblem, pop_size: int) -> Algorithm:
+    """AGE-MOEA (adaptive geometry estimation) with the problem's operators; needs numba."""
+    _need_numba("agemoea")
+    from pymoo.algorithms.moo.age import AGEMOEA
+
+    return AGEMOEA(pop_size=_pop(pop_size), **problem.operators())
+
+
+def _agemoea2(problem: PruningProblem, pop_size: int) -> Algorithm:
+    """AGE-MOEA2 with the problem's operators; needs numba."""
+    _need_numba("agemoea2")
+    from pymoo.algorithms.moo.age2 import AGEMOEA2
+
+    return AGEMOEA2(pop_size=_pop(pop_size), **problem.operators())
+
+
+def _need_numba(name: str) -> None:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"algorithm {name!r} (pymoo's AGE-MOEA) needs numba; install it with "
+                          "pip install 'moprune[algorithms]' (or pip install numba)") from None
+
+
 def _ccep_round(problem: PruningProblem, pop_size: int) -> Algorithm:
     """One CCEP coevolution round, without fine-tuning.
 
@@ -81,6 +105,8 @@ def _evofc(problem: PruningProblem, pop_size: int) -> Algorithm:
 ALGORITHMS.register("nsga2", _nsga2)
 ALGORITHMS.register("smsemoa", _smsemoa)
 ALGORITHMS.register("spea2", _spea2)
+ALGORITHMS.register("agemoea", _agemoea)
+ALGORITHMS.register("agemoea2", _agemoea2)
 ALGORITHMS.register("ccep", _ccep_round)
 ALGORITHMS.register("deeppruninges", _deeppruninges)
 ALGORITHMS.register("evofc", _evofc)

@@ -24,16 +24,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     space = PruningSpace.from_model(task.model, task.input_shape, policy)
     cost = CostModel(space, task.model)
     shares = cost.share_of_macs()
-    rows = [{"i": g.index, "name": g.name, "channels": g.size,
+    rows = [{"i": g.index, "name": g.name,
+             "channels": str(g.size) if not g.units else f"{g.size} x {g.channels // g.size}",
              "kind": "residual" if g.residual else "internal", "share": shares[g.index]}
             for g in space.groups]
     print(f"{task.name}: {task.description}")
     print(f"input {task.input_shape}; {space}; MACs {int(cost.base.macs[0]):,} per image "
           f"(FLOPs = 2 x MACs), params {int(cost.base.params[0]):,}")
     print(format_table(rows, (("i", "#", "d"), ("name", "group (root layer)", ""),
-                              ("channels", "channels", "d"), ("kind", "kind", ""),
+                              ("channels", "channels", ""), ("kind", "kind", ""),
                               ("share", "share of MACs", ".2%"))))
     print("share of MACs: the part of the network's MACs that scales with the group's width")
+    if any(g.units for g in space.groups):
+        print("channels 'U x G': U units of G channels tied across the groups of a grouped "
+              "convolution or GroupNorm (pruned together)")
     return 0
 
 

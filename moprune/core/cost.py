@@ -83,7 +83,10 @@ class CostModel:
     def _add_layer(self, info, module: nn.Module) -> None:
         for term in LAYER_RULES.get(info.kind).cost(module, info):
             cols = [self._col[(info.name, dim)] for dim in term.dims]
-            if len(cols) == 1:
+            if not cols:
+                self._const_macs += term.macs
+                self._const_params += term.params
+            elif len(cols) == 1:
                 self._lin.append((cols[0], term.macs, term.params))
             elif len(cols) == 2:
                 self._bil.append((cols[0], cols[1], term.macs, term.params))

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from moprune.core.layers import LAYER_RULES
+
 if TYPE_CHECKING:
     from moprune.core.space import PruningSpace
 
@@ -44,16 +46,23 @@ class GatedModel:
         device = next(model.parameters()).device
         n = space.n_channels
         self._index: dict[str, torch.Tensor] = {}
+        self._norm_index: dict[str, torch.Tensor] = {}
         for (name, dim), own in space.owner.items():
-            if dim == "in" and (own >= 0).any():
-                idx = torch.as_tensor(own, dtype=torch.long).clone()
-                idx[idx < 0] = n  # the always-open extra gate
+            if not (own >= 0).any():
+                continue
+            rule = LAYER_RULES.get(space.layers[name].kind)
+            idx = torch.as_tensor(own, dtype=torch.long).clone()
+            idx[idx < 0] = n  # the always-open extra gate
+            if dim == "in":
                 self._index[name] = idx.to(device)
+            elif rule.normalizes and space.layers[name].n_in is None:
+                self._norm_index[name] = idx.to(device)
         self._ext: torch.Tensor | None = None  # (n_pop, n_channels + 1) while a call runs
-        self._handles = [self._register(name) for name in self._index] if persistent else []
+        self._handles = self._register_all() if persistent else []
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple], tuple | None]:
         idx = self._index[name]
+        axis = LAYER_RULES.get(self.space.layers[name].kind).channel_axis
 
         def pre_hook(module: nn.Module, args: tuple) -> tuple | None:
             ext = self._ext
@@ -62,14 +71,33 @@ class GatedModel:
             x = args[0]
             n_pop = ext.shape[0]
             gate = ext[:, idx].to(x.dtype)  # (n_pop, C_in)
-            shape = (n_pop, 1, gate.shape[1]) + (1,) * (x.dim() - 2)
+            shape = [n_pop] + [1] * x.dim()
+            shape[axis % x.dim() + 1] = gate.shape[1]
             xg = x.view(n_pop, x.shape[0] // n_pop, *x.shape[1:]) * gate.view(shape)
             return (xg.view_as(x), *args[1:])
 
         return pre_hook
 
-    def _register(self, name: str) -> torch.utils.hooks.RemovableHandle:
-        return self.model.get_submodule(name).register_forward_pre_hook(self._hook(name))
+    def _norm_hook(self, name: str) -> Callable[[nn.Module, tuple, torch.Tensor],
+                                                torch.Tensor | None]:
+        """Statistics over the kept channels only, for layers that normalise over channels."""
+        idx = self._norm_index[name]
+        rule = LAYER_RULES.get(self.space.layers[name].kind)
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            ext = self._ext
+            if ext is None:
+                return None
+            return rule.gated_forward(module, args[0], ext[:, idx])
+
+        return hook
+
+    def _register_all(self) -> list[torch.utils.hooks.RemovableHandle]:
+        handles = [self.model.get_submodule(name).register_forward_pre_hook(self._hook(name))
+                   for name in self._index]
+        handles += [self.model.get_submodule(name).register_forward_hook(self._norm_hook(name))
+                    for name in self._norm_index]
+        return handles
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Logits of every plan on every image.
@@ -82,7 +110,7 @@ class GatedModel:
             Logits, (P, B, n_classes).
 
         """
-        handles = [] if self.persistent else [self._register(name) for name in self._index]
+        handles = [] if self.persistent else self._register_all()
         try:
             return self.run(x, masks.to(device=x.device, dtype=x.dtype))
         finally:

@@ -70,6 +70,15 @@ class LayerRule:
         trained: Weight inheritance trains its sliced tensors.
         output: It may produce the model output (the classifier).
         atomic: Traced as one layer even when it has child modules.
+        holder: The rule covers only the module's own parameters (e.g. a block's layer scale);
+            its child modules are traced as layers of their own.
+        opaque: Not matched by type: the space assigns the rule to layers it does not look
+            into (eval-time identities, excluded unsupported layers).
+        channel_axis: Axis of the channel dimension in the layer's input and output: 1 for
+            NCHW layers, -1 for layers over the last axis (``nn.Linear``, ``nn.LayerNorm``).
+        normalizes: The layer's statistics run over its channels (``nn.LayerNorm``,
+            ``nn.GroupNorm``): the masked evaluator recomputes them over the kept channels
+            with :meth:`gated_forward`.
         tensors: ``{attribute: dimension per axis}`` of the tensors sliced to kept channels,
             e.g. ``{"weight": ("out", "in"), "bias": ("out",)}``; the default slicing and
             weight inheritance's write-back follow it.
@@ -85,6 +94,10 @@ class LayerRule:
     trained: ClassVar[bool] = False
     output: ClassVar[bool] = False
     atomic: ClassVar[bool] = False
+    holder: ClassVar[bool] = False
+    opaque: ClassVar[bool] = False
+    channel_axis: ClassVar[int] = 1
+    normalizes: ClassVar[bool] = False
     tensors: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def accepts(self, module: nn.Module) -> bool:
@@ -104,15 +117,35 @@ class LayerRule:
         return 0, None
 
     def cost(self, module: nn.Module, info: LayerInfo) -> list[CostTerm]:
-        """Cost terms of the layer as traced (``info`` holds its input/output shapes)."""
+        """Cost terms of the layer as traced (``info`` holds its input/output shapes).
+
+        A term with no dimensions (``dims=()``) is a constant.
+        """
         return []
 
+    def channel_groups(self, module: nn.Module, dim: str) -> int:
+        """Channel groups ``G`` of a dimension whose channels are pruned in step across groups.
+
+        A grouped convolution (or a GroupNorm) with ``G`` groups stays a layer of ``G`` equal
+        groups only when every group loses the channels at the same positions; the space ties
+        those channels into one unit of its genome (Torch-Pruning's rule). Default 1.
+        """
+        return 1
+
+    def kept(self, module: nn.Module, attr: str, axis: int, k_in: torch.Tensor | None,
+             k_out: torch.Tensor | None) -> torch.Tensor | None:
+        """Indices kept along ``axis`` of tensor ``attr`` (None: the axis stays whole).
+
+        The default reads :attr:`tensors`: the kept output or input channels.
+        """
+        return k_out if self.tensors[attr][axis] == OUT else k_in
+
     def slice(self, module: nn.Module, k_in: torch.Tensor | None, k_out: torch.Tensor | None
-              ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+              ) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         """Tensors sliced to the kept channels, and module attributes to patch while they run.
 
-        The default slices every entry of :attr:`tensors` along its axes (keeping a
-        channels-last weight channels-last) and patches nothing.
+        The default slices every entry of :attr:`tensors` along its axes (:meth:`kept`;
+        keeping a channels-last weight channels-last) and patches :meth:`patch`.
         """
         out: dict[str, torch.Tensor] = {}
         for attr, axes in self.tensors.items():
@@ -120,8 +153,8 @@ class LayerRule:
             if value is None:
                 continue
             sliced = value
-            for axis, dim in enumerate(axes):
-                keep = k_out if dim == OUT else k_in
+            for axis in range(len(axes)):
+                keep = self.kept(module, attr, axis, k_in, k_out)
                 if keep is not None:
                     sliced = sliced.index_select(axis, keep)
             if sliced.dim() == 4 and value.is_contiguous(memory_format=torch.channels_last):
@@ -130,9 +163,19 @@ class LayerRule:
         return out, self.patch(module, k_in, k_out)
 
     def patch(self, module: nn.Module, k_in: torch.Tensor | None,
-              k_out: torch.Tensor | None) -> dict[str, int]:
+              k_out: torch.Tensor | None) -> dict[str, object]:
         """Module attributes to set while the sliced tensors run (default: none)."""
         return {}
+
+    def gated_forward(self, module: nn.Module, x: torch.Tensor, gate: torch.Tensor
+                      ) -> torch.Tensor:
+        """Output of a :attr:`normalizes` layer with statistics over the gated-on channels.
+
+        ``x`` is the tiled input ``(P * B, ...)``, ``gate`` the 0/1 gates ``(P, C)`` of its
+        channels; the result must equal, on kept channels, the layer pruned to them.
+        """
+        raise NotImplementedError(f"layer kind {self.kind!r} normalizes over channels but "
+                                  "defines no gated_forward")
 
     def pruner(self) -> tp.pruner.BasePruningFunc | None:
         """Torch-Pruning's pruner for a custom module type (None: Torch-Pruning's own)."""
@@ -164,7 +207,7 @@ class LayerRules:
             raise ConfigError(f"{type(rule).__name__} has no kind; set the class attribute kind")
         if rule.kind in self._by_kind:
             raise ConfigError(f"layer kind {rule.kind!r} is already registered; choose another")
-        if not rule.types:
+        if not rule.types and not rule.opaque:
             raise ConfigError(f"layer rule {rule.kind!r} names no module types; set types")
         self._by_kind[rule.kind] = rule
         for t in rule.types:
@@ -258,14 +301,8 @@ class ConvRule(LayerRule):
     def accepts(self, module: nn.Module) -> bool:
         return bool(module.groups == 1)
 
-    def rejection(self, module: nn.Module) -> str:
-        m = module
-        return (f"a grouped Conv2d (groups={m.groups}, in={m.in_channels}, "
-                f"out={m.out_channels}); only groups=1 and depthwise convolutions are "
-                "supported")
-
     def describe(self) -> str:
-        return "Conv2d (groups=1 or depthwise)"
+        return "Conv2d"
 
     def dims(self, module: nn.Module, info: LayerInfo) -> tuple[int, int | None]:
         return module.out_channels, module.in_channels  # type: ignore[return-value]
@@ -274,6 +311,52 @@ class ConvRule(LayerRule):
         kk = math.prod(module.kernel_size)  # type: ignore[arg-type]
         macs = sum(spatial(s) for s in info.out_shapes) * kk
         terms = [CostTerm((IN, OUT), float(macs), float(kk))]
+        if module.bias is not None:
+            terms.append(CostTerm((OUT,), 0.0, 1.0))
+        return terms
+
+
+class GroupedConvRule(LayerRule):
+    """A grouped ``nn.Conv2d`` (``1 < groups``, not depthwise): ResNeXt, RegNet.
+
+    It keeps its ``G`` groups: input and output channels are pruned at the same positions
+    in every group (:meth:`channel_groups`), so the kept weight is ``(K_out, K_in / G, k, k)``.
+    """
+
+    kind = "grouped_conv"
+    types = (nn.Conv2d,)
+    root = writer = filters = trained = output = True
+    tensors = {"weight": (OUT, IN), "bias": (OUT,)}
+
+    def accepts(self, module: nn.Module) -> bool:
+        assert isinstance(module, nn.Conv2d)
+        m = module
+        return bool(m.groups > 1 and not m.groups == m.in_channels == m.out_channels)
+
+    def describe(self) -> str:
+        return "grouped Conv2d"
+
+    def dims(self, module: nn.Module, info: LayerInfo) -> tuple[int, int | None]:
+        assert isinstance(module, nn.Conv2d)
+        return module.out_channels, module.in_channels
+
+    def channel_groups(self, module: nn.Module, dim: str) -> int:
+        assert isinstance(module, nn.Conv2d)
+        return module.groups
+
+    def kept(self, module: nn.Module, attr: str, axis: int, k_in: torch.Tensor | None,
+             k_out: torch.Tensor | None) -> torch.Tensor | None:
+        assert isinstance(module, nn.Conv2d)
+        if attr == "weight" and axis == 1:  # positions within a group: those of group 0
+            return None if k_in is None else k_in[: len(k_in) // module.groups]
+        return super().kept(module, attr, axis, k_in, k_out)
+
+    def cost(self, module: nn.Module, info: LayerInfo) -> list[CostTerm]:
+        assert isinstance(module, nn.Conv2d)
+        kk = math.prod(module.kernel_size)
+        g = module.groups
+        macs = sum(spatial(s) for s in info.out_shapes) * kk
+        terms = [CostTerm((IN, OUT), macs / g, kk / g)]
         if module.bias is not None:
             terms.append(CostTerm((OUT,), 0.0, 1.0))
         return terms
@@ -303,7 +386,7 @@ class DepthwiseRule(LayerRule):
         return [CostTerm((OUT,), float(macs), float(kk + (module.bias is not None)))]
 
     def patch(self, module: nn.Module, k_in: torch.Tensor | None,
-              k_out: torch.Tensor | None) -> dict[str, int]:
+              k_out: torch.Tensor | None) -> dict[str, object]:
         return {"groups": len(k_out)} if k_out is not None else {}
 
 
@@ -313,6 +396,7 @@ class LinearRule(LayerRule):
     kind = "linear"
     types = (nn.Linear,)
     root = writer = filters = trained = output = True
+    channel_axis = -1
     tensors = {"weight": (OUT, IN), "bias": (OUT,)}
 
     def describe(self) -> str:
@@ -348,6 +432,120 @@ class BatchNormRule(LayerRule):
         per = 4 if module.affine else 2
         macs = sum(per * spatial(s) for s in info.in_shapes)
         return [CostTerm((OUT,), float(macs), 2.0 if module.affine else 0.0)]
+
+
+def _normalization_cost(module: nn.Module, info: LayerInfo, affine: bool) -> list[CostTerm]:
+    """Thop's count for a normalisation: 2 (4 with an affine map) per input element."""
+    per = 4 if affine else 2
+    axis = LAYER_RULES.get(info.kind).channel_axis
+    channels = info.in_shapes[0][axis]
+    macs = sum(per * math.prod(s) // channels for s in info.in_shapes)
+    return [CostTerm((OUT,), float(macs), 2.0 if affine else 0.0)]
+
+
+def _masked_moments(x: torch.Tensor, gate: torch.Tensor, dims: tuple[int, ...]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance of ``x`` over ``dims``, counting only gated-on channels."""
+    count = (gate.expand_as(x) if gate.shape != x.shape else gate).sum(dims, keepdim=True)
+    mean = (x * gate).sum(dims, keepdim=True) / count
+    var = ((x - mean) ** 2 * gate).sum(dims, keepdim=True) / count
+    return mean, var
+
+
+class LayerNormRule(LayerRule):
+    """``nn.LayerNorm`` over the channels, the last axis (ConvNeXt's blocks run NHWC).
+
+    Its statistics run over the channels: pruned channels leave them, so the masked
+    evaluator recomputes them over the kept channels (:meth:`gated_forward`).
+    """
+
+    kind = "layernorm"
+    types = (nn.LayerNorm,)
+    trained = normalizes = True
+    channel_axis = -1
+    tensors = {"weight": (OUT,), "bias": (OUT,)}
+
+    def accepts(self, module: nn.Module) -> bool:
+        return len(module.normalized_shape) == 1  # type: ignore[arg-type]
+
+    def rejection(self, module: nn.Module) -> str:
+        return (f"a LayerNorm over {tuple(module.normalized_shape)}; only a LayerNorm over "  # type: ignore[arg-type]
+                "the channel axis alone (normalized_shape of length 1) is supported")
+
+    def describe(self) -> str:
+        return "LayerNorm (over channels)"
+
+    def dims(self, module: nn.Module, info: LayerInfo) -> tuple[int, int | None]:
+        return int(module.normalized_shape[0]), None  # type: ignore[index]
+
+    def cost(self, module: nn.Module, info: LayerInfo) -> list[CostTerm]:
+        return _normalization_cost(module, info, bool(module.elementwise_affine))
+
+    def patch(self, module: nn.Module, k_in: torch.Tensor | None,
+              k_out: torch.Tensor | None) -> dict[str, object]:
+        return {"normalized_shape": (len(k_out),)} if k_out is not None else {}
+
+    def gated_forward(self, module: nn.Module, x: torch.Tensor, gate: torch.Tensor
+                      ) -> torch.Tensor:
+        assert isinstance(module, nn.LayerNorm)
+        axis = self.channel_axis % x.dim()
+        n_pop = gate.shape[0]
+        xv = x.view(n_pop, x.shape[0] // n_pop, *x.shape[1:])
+        shape = [n_pop] + [1] * x.dim()
+        shape[axis + 1] = gate.shape[1]
+        g = gate.to(x.dtype).view(shape)
+        mean, var = _masked_moments(xv, g, (axis + 1,))
+        y = (xv - mean) * torch.rsqrt(var + module.eps)
+        wshape = [1] * (x.dim() + 1)
+        wshape[axis + 1] = gate.shape[1]
+        if module.weight is not None:
+            y = y * module.weight.view(wshape)
+        if module.bias is not None:
+            y = y + module.bias.view(wshape)
+        return y.view_as(x)
+
+
+class GroupNormRule(LayerRule):
+    """``nn.GroupNorm``: its ``G`` groups lose channels at the same positions.
+
+    Statistics run per group over the group's channels: the masked evaluator recomputes them
+    over the kept ones (:meth:`gated_forward`).
+    """
+
+    kind = "groupnorm"
+    types = (nn.GroupNorm,)
+    trained = normalizes = True
+    tensors = {"weight": (OUT,), "bias": (OUT,)}
+
+    def describe(self) -> str:
+        return "GroupNorm"
+
+    def dims(self, module: nn.Module, info: LayerInfo) -> tuple[int, int | None]:
+        return int(module.num_channels), None  # type: ignore[arg-type]
+
+    def channel_groups(self, module: nn.Module, dim: str) -> int:
+        return int(module.num_groups)  # type: ignore[arg-type]
+
+    def cost(self, module: nn.Module, info: LayerInfo) -> list[CostTerm]:
+        return _normalization_cost(module, info, bool(module.affine))
+
+    def patch(self, module: nn.Module, k_in: torch.Tensor | None,
+              k_out: torch.Tensor | None) -> dict[str, object]:
+        return {"num_channels": len(k_out)} if k_out is not None else {}
+
+    def gated_forward(self, module: nn.Module, x: torch.Tensor, gate: torch.Tensor
+                      ) -> torch.Tensor:
+        assert isinstance(module, nn.GroupNorm)
+        n_pop, c, g = gate.shape[0], x.shape[1], module.num_groups
+        rest = x.shape[2:]
+        xv = x.view(n_pop, x.shape[0] // n_pop, g, c // g, *rest)
+        gv = gate.to(x.dtype).view(n_pop, 1, g, c // g, *([1] * len(rest)))
+        mean, var = _masked_moments(xv, gv, tuple(range(3, xv.dim())))
+        y = ((xv - mean) * torch.rsqrt(var + module.eps)).view(n_pop, -1, c, *rest)
+        if module.affine:
+            wshape = (1, 1, c) + (1,) * len(rest)
+            y = y * module.weight.view(wshape) + module.bias.view(wshape)
+        return y.view_as(x)
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -431,9 +629,57 @@ class FreeRule(LayerRule):
         return not list(module.parameters(recurse=False))
 
 
+class IdentityRule(LayerRule):
+    """A parameter-free module without a rule that is an identity in eval mode.
+
+    ``StochasticDepth`` and custom dropouts return their input unchanged when traced in eval
+    mode; the space assigns them this kind.
+    """
+
+    kind = "identity"
+    channels = False
+    opaque = True
+
+    def describe(self) -> str:
+        return "any parameter-free module that is an identity in eval mode"
+
+
+class OpaqueRule(LayerRule):
+    """A layer without a rule that the user excluded (``SpacePolicy(exclude=...)``).
+
+    The space keeps every channel group it touches whole, so it runs unchanged in every
+    plan: its cost is a constant, counted by thop on its traced inputs.
+    """
+
+    kind = "opaque"
+    channels = False
+    opaque = True
+
+    def describe(self) -> str:
+        return "any layer named in SpacePolicy.exclude (kept whole, cost counted by thop)"
+
+    def cost(self, module: nn.Module, info: LayerInfo) -> list[CostTerm]:
+        if list(module.children()):  # a block's own parameters; its layers count themselves
+            return [CostTerm((), 0.0, float(sum(p.numel()
+                                                for p in module.parameters(recurse=False))))]
+        import thop  # noqa: PLC0415 - only spaces with excluded unsupported layers need it
+
+        macs = 0.0
+        param = next(module.parameters(), None)
+        for shape in info.in_shapes:
+            x = torch.zeros(shape, dtype=param.dtype if param is not None else torch.float32,
+                            device=param.device if param is not None else "cpu")
+            ops, _ = thop.profile(module, (x,), custom_ops=LAYER_RULES.thop_ops(),
+                                  verbose=False)
+            macs += float(ops)
+        params = float(sum(p.numel() for p in module.parameters()))
+        return [CostTerm((), macs, params)]
+
+
 LAYER_RULES = LayerRules()
-for _rule in (ConvRule(), DepthwiseRule(), LinearRule(), BatchNormRule(), AvgPoolRule(),
-              AdaptiveAvgPoolRule(), FreeRule()):
+for _rule in (ConvRule(), GroupedConvRule(), DepthwiseRule(), LinearRule(), BatchNormRule(),
+              LayerNormRule(), GroupNormRule(), AvgPoolRule(), AdaptiveAvgPoolRule(), FreeRule(),
+              IdentityRule(), OpaqueRule()):
     LAYER_RULES.register(_rule)
 
 

@@ -96,10 +96,10 @@ class SlicedModel:
                              None if k_out is None else next(parts))
 
     def tensors(self, mask: torch.Tensor
-                ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, int]]]:
+                ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, object]]]:
         """Sliced parameters/buffers for one keep-mask, and the module attributes to patch."""
         out: dict[str, torch.Tensor] = {}
-        patches: dict[str, dict[str, int]] = {}
+        patches: dict[str, dict[str, object]] = {}
         for name, kind, k_in, k_out in self.indices(mask):
             tensors, patch = LAYER_RULES.get(kind).slice(self.model.get_submodule(name), k_in,
                                                          k_out)
@@ -109,9 +109,9 @@ class SlicedModel:
         return out, patches
 
     @contextmanager
-    def patched(self, patches: dict[str, dict[str, int]]) -> Iterator[None]:
+    def patched(self, patches: dict[str, dict[str, object]]) -> Iterator[None]:
         """Set the module attributes of :meth:`tensors` (e.g. depthwise ``groups``) meanwhile."""
-        saved: dict[str, dict[str, int]] = {}
+        saved: dict[str, dict[str, object]] = {}
         for name, attrs in patches.items():
             m = self.model.get_submodule(name)
             saved[name] = {a: getattr(m, a) for a in attrs}

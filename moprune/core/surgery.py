@@ -37,7 +37,7 @@ def prune_model(model: nn.Module, space: PruningSpace, plan: PruningPlan) -> nn.
             pruned, example, customized_pruners=LAYER_RULES.pruners(), verbose=False
         )
     for g, group in enumerate(space.groups):
-        drop = np.setdiff1d(np.arange(group.size), plan.keep[g]).tolist()
+        drop = group.root_channels(np.setdiff1d(np.arange(group.size), plan.keep[g])).tolist()
         if not drop:
             continue
         root = pruned.get_submodule(group.name)

@@ -175,6 +175,16 @@ def writer_rows(space: PruningSpace, tensors: dict[str, torch.Tensor]
     return out
 
 
+def channels_first(space: PruningSpace, name: str, t: torch.Tensor) -> torch.Tensor:
+    """Layer ``name``'s output with its channel axis moved to dimension 1.
+
+    Layers over the last axis (``LayerRule.channel_axis == -1``: a Linear on NHWC maps in
+    ConvNeXt's blocks) put their channels last.
+    """
+    axis = LAYER_RULES.get(space.layers[name].kind).channel_axis
+    return t.movedim(axis, 1) if t.dim() > 2 and axis % t.dim() != 1 else t
+
+
 def _weights(model: nn.Module, space: PruningSpace) -> dict[str, torch.Tensor]:
     return {name: cast(torch.Tensor, model.get_submodule(name).weight)
             for (name, dim) in space.owner
@@ -191,16 +201,27 @@ def _accumulate(space: PruningSpace, per_layer: list[tuple[np.ndarray, np.ndarra
 
 def _group_distance_sums(space: PruningSpace, rows: list[tuple[np.ndarray, np.ndarray]]
                          ) -> np.ndarray:
-    """``sum_j ||v_c - v_j||_2`` within each group, ``v_c`` = the channel's rows concatenated."""
+    """``sum_j ||v_c - v_j||_2`` within each group, ``v_c`` = the unit's rows concatenated.
+
+    A unit of tied channels (grouped convolutions) contributes the rows of all its channels.
+    """
     parts: dict[int, list[np.ndarray]] = {}
     for ids, block in rows:
         groups = np.searchsorted(space.offsets, ids, side="right") - 1
+        order = np.argsort(ids, kind="stable")
+        # occurrence of each id among the layer's rows: the k-th channel of a tied unit
+        occurrence = np.empty(len(ids), dtype=np.int64)
+        sorted_ids = ids[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_ids)) + 1]
+        counts = np.diff(np.r_[starts, len(ids)])
+        occurrence[order] = np.arange(len(ids)) - np.repeat(starts, counts)
         for g in np.unique(groups):
             size = space.sizes[g]
-            full = np.zeros((size, block.shape[1]))
-            pick = groups == g
-            full[ids[pick] - space.offsets[g]] = block[pick]
-            parts.setdefault(int(g), []).append(full)
+            for k in np.unique(occurrence[groups == g]):
+                full = np.zeros((size, block.shape[1]))
+                pick = (groups == g) & (occurrence == k)
+                full[ids[pick] - space.offsets[g]] = block[pick]
+                parts.setdefault(int(g), []).append(full)
     out = np.zeros(space.n_channels, dtype=np.float64)
     for g, blocks in parts.items():
         v = np.concatenate(blocks, axis=1)
@@ -224,4 +245,5 @@ def rank_channels(space: PruningSpace, scores: np.ndarray) -> list[np.ndarray]:
 
 
 __all__ = ["CRITERIA", "DEFAULT_BATCH", "GP_PREFIX", "Criterion", "CriterionRegistry",
-           "ScoreContext", "ScoreFn", "criterion_name", "rank_channels", "writer_rows"]
+           "ScoreContext", "ScoreFn", "channels_first", "criterion_name", "rank_channels",
+           "writer_rows"]

@@ -22,6 +22,7 @@ from moprune.criteria.base import (
     _accumulate,
     _group_distance_sums,
     _weights,
+    channels_first,
     writer_rows,
 )
 from moprune.errors import ConfigError
@@ -67,7 +68,7 @@ def taylor(model: nn.Module, space: PruningSpace, context: ScoreContext) -> np.n
     per_channel = {}
     for name, a in outputs.items():
         assert a.grad is not None
-        prod = (a * a.grad).detach()
+        prod = channels_first(space, name, (a * a.grad).detach())
         summed = prod.sum(dim=tuple(range(2, prod.dim()))) if prod.dim() > 2 else prod
         per_channel[name] = (summed.sum(0) / n).abs().unsqueeze(1)
     rows = writer_rows(space, per_channel)

@@ -12,7 +12,7 @@ from typing import cast
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 
 from moprune.core.execution import normalize
 from moprune.core.registry import Registry
@@ -173,6 +173,7 @@ class LoadRequest:
     load_train: bool
     download: bool
     num_workers: int
+    image_size: tuple[int, int] | None = None
 
 
 Loader = Callable[[LoadRequest], DataBundle]
@@ -191,6 +192,7 @@ def load_dataset(
     max_train: int | None = None,
     download: bool = False,
     num_workers: int = 2,
+    image_size: tuple[int, int] | None = None,
 ) -> DataBundle:
     """Load a registered data set as uint8 tensors with a seeded hold-out split.
 
@@ -206,6 +208,9 @@ def load_dataset(
             (for reduced-budget fine-tuning); the hold-out split is unaffected.
         download: Let torchvision download CIFAR into ``root`` when it is missing.
         num_workers: Threads used to decode image files.
+        image_size: ``(H, W)`` every image is brought to ("imagefolder" only): resized so it
+            covers that size, then centre-cropped (``PIL.ImageOps.fit``). None: the images
+            must all have one size already.
 
     Returns:
         The DataBundle.
@@ -224,6 +229,9 @@ def load_dataset(
             raise DataError(f"{label} must be a positive integer or None; got {value}.")
     if num_workers < 0:
         raise DataError(f"num_workers must be >= 0; got {num_workers}.")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise DataError(f"image_size must be (height, width) with positive sides; got "
+                        f"{image_size!r}.")
     request = LoadRequest(
         name=name,
         root=None if root is None else Path(root).expanduser(),
@@ -235,6 +243,7 @@ def load_dataset(
         load_train=load_train,
         download=download,
         num_workers=num_workers,
+        image_size=None if image_size is None else (int(image_size[0]), int(image_size[1])),
     )
     return loader(request)
 
@@ -453,36 +462,44 @@ def _scan_split(folder: Path) -> tuple[list[str], list[Path], list[int]]:
     return [c.name for c in classes], files, labels
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            rgb = image.convert("RGB")
+            if size is not None and rgb.size != (size[1], size[0]):
+                rgb = ImageOps.fit(rgb, (size[1], size[0]), method=Image.Resampling.BILINEAR)
+            return np.asarray(rgb)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image file {path} ({err}); replace or delete it.") from err
 
 
-def _fill(out: np.ndarray, paths: Sequence[Path], start: int) -> None:
+def _fill(out: np.ndarray, paths: Sequence[Path], start: int, resize: bool = False) -> None:
     for offset, path in enumerate(paths):
-        array = _read_image(path)
+        array = _read_image(path, (out.shape[1], out.shape[2]) if resize else None)
         if array.shape != out.shape[1:]:
             raise DataError(
                 f"image file {path} is {array.shape[1]}x{array.shape[0]} pixels but the others "
                 f"are {out.shape[2]}x{out.shape[1]}; all images must have one size, so resize "
-                "or remove it."
+                "or remove it (or let moprune resize them: load_dataset(image_size=...), as "
+                "problems/torchvision_imagefolder.py does)."
             )
         out[start + offset] = array
 
 
-def _decode(paths: Sequence[Path], hw: tuple[int, int], num_workers: int) -> torch.Tensor:
-    """Decode ``paths`` into a uint8 (N, 3, H, W) tensor, in parallel threads."""
+def _decode(paths: Sequence[Path], hw: tuple[int, int], num_workers: int,
+            resize: bool = False) -> torch.Tensor:
+    """Decode ``paths`` into a uint8 (N, 3, H, W) tensor, in parallel threads.
+
+    With ``resize`` every image is fitted to ``hw``; otherwise it must have that size.
+    """
     out = np.empty((len(paths), hw[0], hw[1], 3), dtype=np.uint8)
     if num_workers <= 1 or len(paths) < PARALLEL_MIN_FILES:
-        _fill(out, paths, 0)
+        _fill(out, paths, 0, resize)
     else:
         chunk = -(-len(paths) // (num_workers * 4))
         with ThreadPoolExecutor(max_workers=num_workers) as pool:
             futures: list[Future[None]] = [
-                pool.submit(_fill, out, paths[i : i + chunk], i)
+                pool.submit(_fill, out, paths[i : i + chunk], i, resize)
                 for i in range(0, len(paths), chunk)
             ]
             try:
@@ -518,12 +535,16 @@ def _load_imagefolder(request: LoadRequest) -> DataBundle:
         len(files), request.seed, request.val_fraction, request.max_val, request.max_train
     )
     test_idx = sample_indices(len(test_files), request.seed, request.max_test)
-    first = _read_image(files[int(val_idx[0])])
-    hw = (first.shape[0], first.shape[1])
+    if request.image_size is not None:
+        hw = request.image_size
+    else:
+        first = _read_image(files[int(val_idx[0])])
+        hw = (first.shape[0], first.shape[1])
+    resize = request.image_size is not None
 
     def split(paths: list[Path], targets: list[int], index: torch.Tensor) -> Split:
         chosen = [paths[i] for i in index.tolist()]
-        images = _decode(chosen, hw, request.num_workers)
+        images = _decode(chosen, hw, request.num_workers, resize)
         return Split(images, torch.tensor([targets[i] for i in index.tolist()], dtype=torch.int64))
 
     val = split(files, labels, val_idx)

@@ -36,7 +36,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from moprune.core.execution import Execution, normalize, resolve_device
-from moprune.core.layers import LAYER_RULES, OUT
+from moprune.core.layers import LAYER_RULES
 from moprune.core.plan import PruningPlan, masks_matrix
 from moprune.core.sliced import SlicedModel
 from moprune.core.space import PruningSpace
@@ -64,7 +64,7 @@ def take_out(sliced: SlicedModel, mask: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 def _take_out(sliced: SlicedModel, mask: torch.Tensor
-              ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, int]]]:
+              ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, object]]]:
     """:func:`take_out`, and the module attributes to patch while the copies run."""
     tensors, groups = sliced.tensors(mask)
     return {k: v.detach().clone() for k, v in tensors.items()}, groups
@@ -88,12 +88,13 @@ def write_back(sliced: SlicedModel, mask: torch.Tensor, tensors: dict[str, torch
             if key not in tensors:
                 continue
             dst = getattr(m, t)
+            kept = [rule.kept(m, t, axis, k_in, k_out) for axis in range(len(axes))]
             if len(axes) == 2:  # e.g. a convolution's (out, in) weight
                 rows, cols = (k if k is not None else torch.arange(dst.shape[i], device=dst.device)
-                              for i, k in enumerate(k_out if a == OUT else k_in for a in axes))
+                              for i, k in enumerate(kept))
                 dst[rows[:, None], cols[None, :]] = tensors[key].to(dst.dtype)
-            elif k_out is not None:
-                dst[k_out] = tensors[key].to(dst.dtype)
+            elif kept[0] is not None:
+                dst[kept[0]] = tensors[key].to(dst.dtype)
             else:
                 dst.copy_(tensors[key])
 

@@ -254,7 +254,7 @@ class OptionARule(LayerRule):
         return True
 
     def slice(self, module: nn.Module, k_in: torch.Tensor | None, k_out: torch.Tensor | None
-              ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+              ) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         assert isinstance(module, OptionAShortcut) and k_in is not None and k_out is not None
         in_sel, out_pos = slice_option_a(module.in_sel, module.out_pos, k_in, k_out,
                                          module.in_channels, module.out_channels)

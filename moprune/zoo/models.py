@@ -88,9 +88,18 @@ def model_names() -> list[str]:
     return [*MODELS.names(), f"{TORCHVISION_PREFIX}<torchvision name>"]
 
 
+# Builder options for families whose defaults add layers the eval forward never runs
+# (auxiliary classifiers train with the network but are not part of the pruned model).
+_TORCHVISION_OPTIONS: dict[str, dict[str, bool]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+
+
 def _build_torchvision(tv_name: str, num_classes: int, pretrained: bool) -> nn.Module:
     if not pretrained:
-        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
+        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes,
+                                            **_TORCHVISION_OPTIONS.get(tv_name, {}))
     if num_classes != 1000:
         raise ConfigError(
             f"torchvision's pretrained weights for {tv_name!r} have 1000 ImageNet outputs but "

@@ -13,7 +13,7 @@ from helpers import digits_eval_setup, one_torch_thread
 from pymoo.optimize import minimize
 
 from moprune.algorithms import ALGORITHMS
-from moprune.core.layers import LAYER_RULES
+from moprune.core.layers import LAYER_RULES, LayerRule
 from moprune.core.objectives import OBJECTIVES, Metrics
 from moprune.criteria import ScoreContext
 from moprune.errors import ConfigError, GenomeError
@@ -118,6 +118,15 @@ def test_every_registered_algorithm_searches_every_encoding(algorithm: str,
     assert F[:, 1].min() < 1.0  # it searched: some candidate is pruned
 
 
+def test_pymoo_default_operators_on_a_mask_problem_stop_with_the_fix() -> None:
+    """The trap of issue 18: SMSEMOA's default float operators on bit masks."""
+    from pymoo.algorithms.moo.sms import SMSEMOA
+
+    problem = _problems()["mask"]
+    with pytest.raises(GenomeError, match=r"mask operators.*\*\*problem\.operators\(\)"):
+        minimize(problem, SMSEMOA(pop_size=8), ("n_gen", 2), seed=1)
+
+
 @pytest.mark.parametrize("encoding", ["mask", "ratio"])
 def test_real_valued_genomes_outside_the_encoding_are_refused(encoding: str) -> None:
     problem = _problems()[encoding]
@@ -160,7 +169,9 @@ def test_a_taken_objective_name_is_refused() -> None:
 @pytest.mark.parametrize("kind", [rule.kind for rule in LAYER_RULES])
 def test_every_layer_rule_names_its_types_and_slices_what_it_declares(kind: str) -> None:
     rule = LAYER_RULES.get(kind)
-    assert rule.types and rule.describe()
+    assert (rule.types or rule.opaque) and rule.describe()  # opaque: assigned by the space
+    if rule.normalizes:  # the masked evaluator recomputes its statistics
+        assert type(rule).gated_forward is not LayerRule.gated_forward, kind
     for attr, axes in rule.tensors.items():
         assert set(axes) <= {"in", "out"} and axes[0] == "out", (kind, attr)
     if rule.trained:
@@ -176,6 +187,7 @@ def test_layer_rules_classify_by_the_most_specific_type() -> None:
     conv = torch.nn.Conv2d(4, 4, 3, groups=4)
     assert LAYER_RULES.classify(conv, "dw").kind == "depthwise"
     assert LAYER_RULES.classify(torch.nn.Conv2d(4, 6, 3), "c").kind == "conv"
+    assert LAYER_RULES.classify(torch.nn.Conv2d(4, 6, 3, groups=2), "g").kind == "grouped_conv"
 
 
 # ---- recipes ---------------------------------------------------------------------------------

@@ -186,9 +186,9 @@ def test_imagefolder_decodes_only_what_is_asked(
     calls: list[Path] = []
     real = data_module._read_image
 
-    def counting(path: Path) -> np.ndarray:
+    def counting(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
         calls.append(path)
-        return real(path)
+        return real(path, size)
 
     monkeypatch.setattr(data_module, "_read_image", counting)
     _load(image_root, max_val=2, max_test=3, load_train=False)

@@ -35,6 +35,7 @@ from torch import nn
 
 from moprune.core.layers import LAYER_RULES
 from moprune.core.space import PruningSpace
+from moprune.criteria.base import channels_first
 from moprune.errors import ConfigError
 
 
@@ -180,7 +181,7 @@ class Activations:
 
         def hook(name: str):
             def keep(_module, _inputs, output):
-                out = output.detach()[:, rows[name].to(output.device)]
+                out = channels_first(space, name, output.detach())[:, rows[name].to(output.device)]
                 if out.dim() == 4:
                     size = (min(out.shape[2], spatial), min(out.shape[3], spatial))
                     out = F.adaptive_avg_pool2d(out, size)
