@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -212,6 +213,16 @@ def tiny_models() -> list[tuple[str, ModelFactory, tuple[int, int, int]]]:
     out.append(("convnext_block_cnn", ConvNeXtBlockCNN, (3, 8, 8)))
     out.append(("squeeze_excite_cnn", SqueezeExciteCNN, (3, 8, 8)))
     return out
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """``moprune ARGV`` in-process: (exit status, stdout, stderr) of that call alone."""
+    from moprune.cli.main import main
+
+    capsys.readouterr()
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def tiny_model_ids() -> list[str]:

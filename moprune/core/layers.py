@@ -64,8 +64,6 @@ class LayerRule:
         types: The module types the rule may handle (subclasses included).
         channels: The layer has channel dimensions (False: parameter-free pass-through).
         root: Its output channels start a Torch-Pruning group (convolutions, linear layers).
-        writer: It writes its output channels; a group written by several writers is a
-            residual stream.
         filters: Its weight rows are output filters, which criteria score.
         trained: Weight inheritance trains its sliced tensors.
         output: It may produce the model output (the classifier).
@@ -89,7 +87,6 @@ class LayerRule:
     types: ClassVar[tuple[type[nn.Module], ...]] = ()
     channels: ClassVar[bool] = True
     root: ClassVar[bool] = False
-    writer: ClassVar[bool] = False
     filters: ClassVar[bool] = False
     trained: ClassVar[bool] = False
     output: ClassVar[bool] = False
@@ -295,7 +292,7 @@ class ConvRule(LayerRule):
 
     kind = "conv"
     types = (nn.Conv2d,)
-    root = writer = filters = trained = output = True
+    root = filters = trained = output = True
     tensors = {"weight": (OUT, IN), "bias": (OUT,)}
 
     def accepts(self, module: nn.Module) -> bool:
@@ -325,7 +322,7 @@ class GroupedConvRule(LayerRule):
 
     kind = "grouped_conv"
     types = (nn.Conv2d,)
-    root = writer = filters = trained = output = True
+    root = filters = trained = output = True
     tensors = {"weight": (OUT, IN), "bias": (OUT,)}
 
     def accepts(self, module: nn.Module) -> bool:
@@ -395,7 +392,7 @@ class LinearRule(LayerRule):
 
     kind = "linear"
     types = (nn.Linear,)
-    root = writer = filters = trained = output = True
+    root = filters = trained = output = True
     channel_axis = -1
     tensors = {"weight": (OUT, IN), "bias": (OUT,)}
 
@@ -411,6 +408,15 @@ class LinearRule(LayerRule):
         if module.bias is not None:
             terms.append(CostTerm((OUT,), 0.0, 1.0))
         return terms
+
+
+def _normalization_cost(module: nn.Module, info: LayerInfo, affine: bool) -> list[CostTerm]:
+    """Thop's count for a normalisation: 2 (4 with an affine map) per input element."""
+    per = 4 if affine else 2
+    axis = LAYER_RULES.get(info.kind).channel_axis
+    channels = info.in_shapes[0][axis]
+    macs = sum(per * math.prod(s) // channels for s in info.in_shapes)
+    return [CostTerm((OUT,), float(macs), 2.0 if affine else 0.0)]
 
 
 class BatchNormRule(LayerRule):
@@ -429,24 +435,13 @@ class BatchNormRule(LayerRule):
         return module.num_features, None  # type: ignore[return-value]
 
     def cost(self, module: nn.Module, info: LayerInfo) -> list[CostTerm]:
-        per = 4 if module.affine else 2
-        macs = sum(per * spatial(s) for s in info.in_shapes)
-        return [CostTerm((OUT,), float(macs), 2.0 if module.affine else 0.0)]
-
-
-def _normalization_cost(module: nn.Module, info: LayerInfo, affine: bool) -> list[CostTerm]:
-    """Thop's count for a normalisation: 2 (4 with an affine map) per input element."""
-    per = 4 if affine else 2
-    axis = LAYER_RULES.get(info.kind).channel_axis
-    channels = info.in_shapes[0][axis]
-    macs = sum(per * math.prod(s) // channels for s in info.in_shapes)
-    return [CostTerm((OUT,), float(macs), 2.0 if affine else 0.0)]
+        return _normalization_cost(module, info, bool(module.affine))
 
 
 def _masked_moments(x: torch.Tensor, gate: torch.Tensor, dims: tuple[int, ...]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance of ``x`` over ``dims``, counting only gated-on channels."""
-    count = (gate.expand_as(x) if gate.shape != x.shape else gate).sum(dims, keepdim=True)
+    count = gate.expand_as(x).sum(dims, keepdim=True)
     mean = (x * gate).sum(dims, keepdim=True) / count
     var = ((x - mean) ** 2 * gate).sum(dims, keepdim=True) / count
     return mean, var

@@ -85,9 +85,7 @@ class ChannelGroup:
     def root_channels(self, units: np.ndarray) -> np.ndarray:
         """Root-layer channel indices of the given units."""
         units = np.asarray(units, dtype=np.int64)
-        if not self.units:
-            return units
-        if len(units) == 0:
+        if not self.units or len(units) == 0:
             return units
         return np.sort(np.concatenate([np.asarray(self.units[u], dtype=np.int64)
                                        for u in units]))
@@ -245,13 +243,18 @@ def _assign_rules(modules: dict[str, nn.Module], policy: SpacePolicy) -> dict[st
                 "moprune.core.layers.LayerRule with holder=True for its type, or leave it "
                 f"out with SpacePolicy(exclude=({name!r},)).")
         else:
-            try:
-                LAYER_RULES.classify(module, name)
-            except UnsupportedLayerError as exc:
-                raise UnsupportedLayerError(
-                    f"{exc} To prune the rest of the model, leave it out with "
-                    f"SpacePolicy(exclude=({name!r},)) in the problem file's policy.") from None
+            _refuse(module, name)
     return kinds
+
+
+def _refuse(module: nn.Module, name: str, why: str = "") -> None:
+    """Raise the registry's refusal of a layer without a rule, offering to exclude it."""
+    try:
+        LAYER_RULES.classify(module, name)
+    except UnsupportedLayerError as exc:
+        raise UnsupportedLayerError(
+            f"{exc}{why} To prune the rest of the model, leave it out with "
+            f"SpacePolicy(exclude=({name!r},)) in the problem file's policy.") from None
 
 
 def _build(model: nn.Module, input_shape: tuple[int, ...], policy: SpacePolicy) -> PruningSpace:
@@ -327,14 +330,8 @@ def _settle_identities(layers: dict[str, LayerInfo], modules: dict[str, nn.Modul
         if info.kind != "?":
             continue
         if name in not_identity:
-            module = modules[name]
-            try:
-                LAYER_RULES.classify(module, name)
-            except UnsupportedLayerError as exc:
-                raise UnsupportedLayerError(
-                    f"{exc} (It has no parameters but changed its input when traced in eval "
-                    "mode.) To prune the rest of the model, leave it out with "
-                    f"SpacePolicy(exclude=({name!r},)).") from None
+            _refuse(modules[name], name, " (It has no parameters but changed its input when "
+                                         "traced in eval mode.)")
         info.kind = "identity"
 
 
@@ -419,7 +416,7 @@ class _RawGroup:
     group: ChannelGroup
     bindings: list[tuple[str, str, np.ndarray, np.ndarray]]
     unit_of: np.ndarray  # root channel index -> unit index
-    tie_error: str = ""  # why the group cannot be pruned (channels tied inconsistently)
+    tied_apart: bool = False  # ties cannot keep a grouped layer's groups equal: left whole
 
 
 def _collect_groups(dg, modules, names, gradfn_to_name, layers, output_layer
@@ -459,23 +456,23 @@ def _collect_groups(dg, modules, names, gradfn_to_name, layers, output_layer
             bindings.append((name, dim, idxs, roots))
         root_name = names[tg[0].dep.target.module]
         n_root = len(tg[0].idxs)
-        unit_of, units, tie_error = _tie(bindings, modules, layers, n_root)
+        unit_of, units, tied_apart = _tie(bindings, modules, layers, n_root)
         group = ChannelGroup(index=-1, name=root_name, size=len(units) if units else n_root,
                              residual=residual, layers=tuple(dict.fromkeys(members)),
                              units=units)
-        raw.append(_RawGroup(group, bindings, unit_of, tie_error))
+        raw.append(_RawGroup(group, bindings, unit_of, tied_apart))
     return raw
 
 
 def _tie(bindings, modules, layers, n_root: int
-         ) -> tuple[np.ndarray, tuple[tuple[int, ...], ...], str]:
+         ) -> tuple[np.ndarray, tuple[tuple[int, ...], ...], bool]:
     """Units of a group: root channels tied across the groups of grouped layers.
 
     A layer with ``G`` channel groups (a grouped convolution, a GroupNorm) keeps ``G`` equal
     groups only when each loses the channels at the same positions, so the channels at one
     position of every group form one unit (Torch-Pruning prunes them so too). Returns the
-    unit of each root channel, the units (empty when no channel is tied) and, when the ties
-    cannot give every grouped layer equal groups, why.
+    unit of each root channel, the units (empty when no channel is tied) and whether the ties
+    fail to give every grouped layer equal groups (then the group cannot be pruned).
     """
     parent = np.arange(n_root)
 
@@ -499,25 +496,25 @@ def _tie(bindings, modules, layers, n_root: int
             for r in tied[1:]:
                 parent[find(int(r))] = first
     if not grouped:
-        return np.arange(n_root, dtype=np.int64), (), ""
+        return np.arange(n_root, dtype=np.int64), (), False
     comps = np.array([find(i) for i in range(n_root)])
-    leaders = sorted(set(comps.tolist()), key=lambda c: int(np.flatnonzero(comps == c)[0]))
-    index = {c: u for u, c in enumerate(leaders)}
-    unit_of = np.array([index[c] for c in comps], dtype=np.int64)
-    units = tuple(tuple(int(r) for r in np.flatnonzero(unit_of == u)) for u in range(len(leaders)))
-    for name, dim, idxs, roots, g, width in grouped:
+    _, starts, inverse = np.unique(comps, return_index=True, return_inverse=True)
+    rank = np.empty(len(starts), dtype=np.int64)
+    rank[np.argsort(starts)] = np.arange(len(starts))  # units numbered by their first channel
+    unit_of = rank[inverse]
+    units = tuple(tuple(int(r) for r in np.flatnonzero(unit_of == u))
+                  for u in range(len(starts)))
+    for _name, _dim, idxs, roots, g, width in grouped:
         for u in np.unique(unit_of[roots]):
             in_unit = idxs[unit_of[roots] == u]  # whole positions: one channel per group each
             if len(in_unit) != g * len(np.unique(in_unit % width)):
-                return unit_of, units, (
-                    f"the {dim}put channels of {name!r} ({g} groups) would lose channels at "
-                    "different positions in different groups")
-    return unit_of, units, ""
+                return unit_of, units, True
+    return unit_of, units, False
 
 
 def _allowed(entry: _RawGroup, policy: SpacePolicy) -> bool:
     group = entry.group
-    if entry.tie_error:
+    if entry.tied_apart:
         return False
     if group.residual and not policy.residual:
         return False

@@ -242,7 +242,7 @@ class OptionARule(LayerRule):
 
     kind = "option_a"
     types = (OptionAShortcut,)
-    root = writer = True
+    root = True
 
     def describe(self) -> str:
         return "OptionAShortcut"

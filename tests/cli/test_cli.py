@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import thop
 import torch
+from helpers import run_main
 from torch import nn
 
 from moprune.cli.main import build_parser, main
@@ -49,13 +50,6 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
     raise AssertionError("the moprune parser has no sub-commands")
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(argv)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def pick_json(run: Path, capsys: pytest.CaptureFixture, *rule: str) -> dict:

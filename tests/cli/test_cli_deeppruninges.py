@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_main
 
 from moprune.cli.main import main
 from moprune.fronts import trade_off_models
@@ -21,13 +22,6 @@ def es_args(out: Path, weights: Path, *extra: str) -> list[str]:
             "--pop-size", "6", "--generations", "3", "--partial-epochs", "1",
             "--train-images", "150", "--eval-images", "96", "--test-images", "96",
             "--out", str(out), "--quiet", *extra]
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(argv)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture(scope="module")

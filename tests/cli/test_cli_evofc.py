@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 
 import moprune.methods.tradeoffs
 import moprune.training.finetune
@@ -46,13 +47,6 @@ def evofc_args(out: Path, *extra: str) -> list[str]:
             "--generations", str(GENS), "--search-epochs", str(EPOCHS),
             "--train-images", str(TRAIN), "--eval-images", str(EVAL),
             "--test-images", str(TEST), "--out", str(out), "--quiet", *extra]
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(argv)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def supernet_tensors(run: Path) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 
 from moprune.cli.main import main
 from moprune.core.gated import GatedModel
@@ -22,13 +23,6 @@ from moprune.tasks.task import TaskOptions, load_problem_file
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "plugin_problem.py"
 SMALL = ["--eval-images", "96", "--test-images", "96", "--quiet"]
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(argv)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import run_main
 
 import moprune.runs.files as run_files
 import moprune.runs.rundir as rundir
@@ -43,13 +44,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file of ``folder`` but the lock (which names its current holder)."""
     return {p.relative_to(folder).as_posix(): p.read_bytes()
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(argv)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def refused(argv: list[str], capsys, *needles: str) -> str:
